@@ -1,0 +1,70 @@
+"""postillon: send email over SMTP, fast and without ever losing a message."""
+
+from __future__ import annotations
+
+from .async_transporter import AsyncTransporter
+from .errors import (
+    AuthenticationError,
+    ConnectError,
+    DataRefused,
+    InvalidMessage,
+    ProtocolError,
+    RecipientsRefused,
+    ReplyError,
+    SenderRefused,
+    ServerDisconnected,
+    SMTPError,
+    TimeoutError,
+    TLSError,
+    TransportError,
+)
+from .message import (
+    Address,
+    Attachment,
+    CharsetMode,
+    Email,
+    Priority,
+    RawMessage,
+    from_mime,
+    iter_mime,
+    to_mime,
+)
+from .settings import AuthMode, Dsn, IgnoreCert, Security
+from .signing import DkimSigner
+from .status import ErrorInfo, RecipientStatus, SendStatus, SpoolState, Status
+from .transporter import Transporter
+
+__all__ = [
+    "Address",
+    "AsyncTransporter",
+    "Attachment",
+    "AuthMode",
+    "AuthenticationError",
+    "CharsetMode",
+    "ConnectError",
+    "DataRefused",
+    "DkimSigner",
+    "Dsn",
+    "Email",
+    "ErrorInfo",
+    "InvalidMessage",
+    "Priority",
+    "ProtocolError",
+    "RawMessage",
+    "RecipientStatus",
+    "RecipientsRefused",
+    "ReplyError",
+    "SMTPError",
+    "SendStatus",
+    "SenderRefused",
+    "ServerDisconnected",
+    "SpoolState",
+    "Status",
+    "TLSError",
+    "TimeoutError",
+    "TransportError",
+    "Transporter",
+    "from_mime",
+    "iter_mime",
+    "to_mime",
+]

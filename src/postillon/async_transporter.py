@@ -1,0 +1,286 @@
+"""``AsyncTransporter``: the same transporter on asyncio, with a connection pool.
+
+Concurrent ``send()`` calls share up to ``max_connections`` connections; a connection is
+never used by two transactions at once. A call cancelled at any point drops its
+connection (its state is unknown), so a late reply can never be paired with the next
+command. The protocol is the one of :mod:`postillon.protocol.conversation`, pumped by
+:mod:`postillon.transport.aio`.
+
+Example::
+
+    async with AsyncTransporter("smtp.example.com", max_connections=4,
+                                user="ann", password=secret) as t:
+        statuses = await asyncio.gather(*(t.send(m) for m in mails))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidMessage, SMTPError
+from .protocol.conversation import SendOptions, check_status
+from .settings import Dsn
+from .status import SendStatus, Status
+from .transport.aio import AsyncConnection
+from .transport.transcript import Transcript
+from .transporter import Batch, Message, Staged, TransporterBase, _invalid
+
+if TYPE_CHECKING:
+    from .signing import DkimSigner
+
+__all__ = ["AsyncTransporter"]
+
+
+class AsyncTransporter(TransporterBase):
+    """An asyncio SMTP transporter with up to ``max_connections`` pooled connections.
+
+    Same constructor and methods as :class:`~postillon.Transporter`, as coroutines.
+    """
+
+    def __init__(
+        self, host: str, port: int | None = None, *, max_connections: int = 1, **settings: Any
+    ) -> None:
+        super().__init__(host, port, **settings)
+        if (
+            isinstance(max_connections, bool)
+            or not isinstance(max_connections, int)
+            or max_connections < 1
+        ):
+            raise ValueError(f"max_connections: must be an integer >= 1, not {max_connections!r}")
+        self._max = max_connections
+        self._idle: list[AsyncConnection] = []
+        self._busy: set[AsyncConnection] = set()
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: connections opened so far (for tests and statistics)
+        self.connections_opened = 0
+
+    @property
+    def max_connections(self) -> int:
+        return self._max
+
+    async def __aenter__(self) -> AsyncTransporter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- the pool
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._loop is not loop:
+            self._slots = asyncio.Semaphore(self._max)
+            self._loop = loop
+            self._idle.clear()
+        return self._slots
+
+    def _take_idle(self, deadline: float) -> AsyncConnection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if self._settings.keep_alive and not conn.is_stale():
+                conn.deadline = deadline
+                self._busy.add(conn)
+                return conn
+            conn.close()
+        return None
+
+    def _new_connection(self) -> AsyncConnection:
+        s = self._settings
+        conn = AsyncConnection(self._endpoint, Transcript(s.log_file, f"{s.host}:{s.port}"))
+        self._busy.add(conn)
+        self.connections_opened += 1
+        return conn
+
+    async def _acquire(self, deadline: float) -> tuple[AsyncConnection, bool]:
+        """An idle connection, or a new one; on failure the SMTPError carries the stage."""
+        conn = self._take_idle(deadline)
+        if conn is not None:
+            return conn, True
+        conn = self._new_connection()
+        try:
+            await conn.connect(deadline)
+        except BaseException as exc:
+            self._busy.discard(conn)
+            conn.close()
+            if isinstance(exc, SMTPError):
+                raise _ConnectFailed(exc, conn.conversation.stage) from exc
+            raise
+        return conn, False
+
+    async def _release(self, conn: AsyncConnection, reusable: bool) -> None:
+        self._busy.discard(conn)
+        if reusable and self._settings.keep_alive and conn.conversation.usable:
+            self._idle.append(conn)
+        elif reusable:
+            await conn.quit(time.monotonic() + 5.0)
+        else:
+            conn.close()
+
+    async def open(self) -> AsyncTransporter:
+        """Open one connection now; raise SMTPError on failure."""
+        async with self._semaphore():
+            try:
+                conn, _ = await self._acquire(time.monotonic() + self._settings.send_timeout)
+            except _ConnectFailed as failed:
+                raise failed.error from None
+            await self._release(conn, True)
+        return self
+
+    async def close(self) -> None:
+        """QUIT and close every idle connection; busy ones close when their call ends."""
+        idle, self._idle = self._idle, []
+        await asyncio.gather(
+            *(c.quit(time.monotonic() + 5.0) for c in idle), return_exceptions=True
+        )
+
+    # -- public calls
+
+    async def check_connection(self) -> Status:
+        """Connect (or reuse a connection), NOOP, and return the status (4D)."""
+        async with self._semaphore():
+            deadline = time.monotonic() + self._settings.send_timeout
+            conn: AsyncConnection | None = None
+            try:
+                conn, _ = await self._acquire(deadline)
+                await conn.pump(conn.conversation.noop())
+                status = check_status(True, conn.conversation.last_reply, conn.conversation.auth_note)
+            except _ConnectFailed as failed:
+                return check_status(False, None, exc=failed.error, stage=failed.stage)
+            except SMTPError as exc:
+                assert conn is not None
+                await self._release(conn, False)
+                return check_status(False, None, exc=exc, stage=conn.conversation.stage)
+            except BaseException:
+                if conn is not None:
+                    await self._release(conn, False)
+                raise
+            await self._release(conn, True)
+            return status
+
+    async def send(
+        self,
+        mail: Message,
+        *,
+        from_: str | None = None,
+        to: Iterable[str] | str | None = None,
+        dsn: Dsn | None = None,
+        require_tls: bool = False,
+        smime: object = None,
+        dkim: DkimSigner | None = None,
+    ) -> SendStatus:
+        """Send one message on a pooled connection; see :meth:`Transporter.send`."""
+        staged = self._stage(mail, from_, to)
+        opts = SendOptions(dsn=dsn, require_tls=require_tls)
+        batch = Batch(self, [staged], opts, self._smime_arg(smime), dkim)
+        await self._drive(batch)
+        return batch.results[0]
+
+    async def send_many(
+        self,
+        mails: Iterable[Message] | AsyncIterable[Message],
+        *,
+        dsn: Dsn | None = None,
+        require_tls: bool = False,
+    ) -> list[SendStatus]:
+        """Send many messages over up to ``max_connections`` pipelined connections.
+
+        Statuses come back in the order of the input. Messages are pulled from the
+        iterable only as connections are ready for them, so an iterator of a million
+        messages is never held in memory.
+        """
+        opts = SendOptions(dsn=dsn, require_tls=require_tls)
+        results: dict[int, SendStatus] = {}
+        queue: asyncio.Queue[tuple[int, Staged | SendStatus] | None] = asyncio.Queue(
+            maxsize=self._max * 64
+        )
+
+        async def produce() -> None:
+            i = 0
+            if isinstance(mails, AsyncIterable):
+                async for mail in mails:
+                    await queue.put((i, self._stage_or_status(mail)))
+                    i += 1
+            else:
+                for mail in mails:
+                    await queue.put((i, self._stage_or_status(mail)))
+                    i += 1
+            for _ in range(self._max):
+                await queue.put(None)
+
+        async def lane() -> None:
+            # One lane pipelines on one connection: it takes the next messages from the
+            # queue as long as it finds them waiting, then reports them.
+            done = False
+            while not done:
+                item = await queue.get()
+                if item is None:
+                    return
+                group = [item]
+                while len(group) < 64:
+                    try:
+                        nxt = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                    if nxt is None:
+                        done = True
+                        break
+                    group.append(nxt)
+                batch = Batch(self, [g[1] for g in group], opts, None, None)
+                batch.single = False
+                await self._drive(batch)
+                for (index, _), status in zip(group, batch.results, strict=True):
+                    results[index] = status
+
+        await asyncio.gather(produce(), *(lane() for _ in range(self._max)))
+        return [results[i] for i in range(len(results))]
+
+    def _stage_or_status(self, mail: Message) -> Staged | SendStatus:
+        try:
+            return self._stage(mail, None, None)
+        except InvalidMessage as exc:
+            return _invalid(exc)
+
+    async def _drive(self, batch: Batch) -> None:
+        """The async twin of Transporter._run: the loop only, decisions are in Batch."""
+        async with self._semaphore():
+            while batch.next_head():
+                deadline = time.monotonic() + self._settings.send_timeout
+                conn: AsyncConnection | None = None
+                try:
+                    conn, reused = await self._acquire(deadline)
+                except _ConnectFailed as failed:
+                    batch.connect_failed(failed.error, failed.stage)
+                    break
+                before = conn.replies
+                try:
+                    await conn.pump(
+                        conn.conversation.transactions(batch.feed(conn.conversation), batch.opts),
+                        batch.on_done(conn),
+                    )
+                except InvalidMessage:
+                    await self._release(conn, True)
+                    raise
+                except SMTPError as exc:
+                    batch.failed(conn.conversation, exc, reused, conn.replies - before)
+                    await self._release(conn, False)
+                    continue
+                except BaseException:
+                    # Cancelled (or worse) mid-conversation: the session state is unknown,
+                    # so the connection is dropped, never reused.
+                    await self._release(conn, False)
+                    raise
+                await self._release(conn, True)
+                break
+
+
+class _ConnectFailed(Exception):
+    """Internal: a connection could not be opened; carries the stage that failed."""
+
+    def __init__(self, error: SMTPError, stage: str) -> None:
+        super().__init__(error)
+        self.error = error
+        self.stage = stage

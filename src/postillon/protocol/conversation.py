@@ -1,0 +1,865 @@
+"""The SMTP client conversation, written once as generators and driven by any I/O driver.
+
+Theory of operation
+-------------------
+A driver (``transport/sync.py`` with sockets, ``transport/aio.py`` with asyncio) pumps a
+generator of this module. The generator yields *requests*:
+
+- :class:`Write` -- queue these command bytes (the driver buffers; nothing blocks);
+- :class:`WriteBody` -- stream these message bytes (already dot-stuffed or BDAT-framed);
+- ``READ`` -- flush what is queued, then answer with the next :class:`Reply`;
+- ``START_TLS`` -- flush, then run the TLS handshake on the connection;
+- :class:`Done` -- a message is finished; here is its :class:`SendStatus`.
+
+Because writes are only flushed when the conversation asks for a reply, pipelining
+(RFC 2920) falls out of the order of requests: MAIL, every RCPT and DATA are yielded
+before the first READ, and after a message's body the next message's envelope is queued
+before the end-of-data reply is read (RFC 2920 3.1), so it all leaves in one write.
+
+Every command written is remembered in a FIFO; every reply read is paired with the oldest
+command and judged by :data:`TABLE`, the one state table of the client: for each
+(state, command) it says which reply codes succeed, which continue (334), and the state
+after a success or a failure. A reply code the table does not expect (354 to RCPT, 250 to
+DATA) is a :class:`ProtocolError`; so is any byte left in the parser when no command is
+outstanding (an unsolicited or duplicated reply must never be paired with the next
+command).
+
+The generators never see a socket, a clock or an exception from the network: when the
+driver fails (timeout, disconnect, TLS), it asks :meth:`Conversation.abort` for the
+status of every message still in flight, marking ``uncertain`` those whose final dot was
+sent without an answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass, field
+
+from ..errors import (
+    AuthenticationError,
+    InvalidMessage,
+    ProtocolError,
+    ReplyError,
+    SMTPError,
+    TLSError,
+)
+from ..message.prepared import Prepared
+from ..settings import AuthMode, Dsn, Security
+from ..status import FAILED_TO_SEND, ErrorInfo, RecipientStatus, SendStatus, Status
+from . import commands, sasl
+from .capabilities import Capabilities
+from .data import BdatStream, data_stream
+from .reply import Reply, ReplyParser, printable
+
+log = logging.getLogger("postillon.protocol")
+
+__all__ = [
+    "READ",
+    "START_TLS",
+    "Cmd",
+    "Conversation",
+    "Done",
+    "SendOptions",
+    "SessionConfig",
+    "State",
+    "Write",
+    "WriteBody",
+]
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+@dataclass(slots=True)
+class Write:
+    """Queue command bytes. ``log`` is the transcript form (secrets redacted)."""
+
+    data: bytes
+    log: str
+
+
+@dataclass(slots=True)
+class WriteBody:
+    """Stream message bytes (already framed for the wire). ``message`` is for the log."""
+
+    chunks: Iterable[bytes]
+    message: Prepared
+
+
+class _Read:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "READ"
+
+
+class _StartTLS:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "START_TLS"
+
+
+READ = _Read()
+START_TLS = _StartTLS()
+
+
+@dataclass(slots=True)
+class Done:
+    """A message is finished (sent, refused or failed)."""
+
+    status: SendStatus
+
+
+Request = Write | WriteBody | _Read | _StartTLS | Done
+Flow = Generator[Request, Reply | None, None]
+
+
+# ----------------------------------------------------------------------- state table
+
+
+class State(enum.Enum):
+    CONNECTED = "connected"  # TCP (and implicit TLS) up, no greeting yet
+    GREETED = "greeted"  # 220 greeting read
+    TLS = "tls"  # STARTTLS accepted: handshake, then a new EHLO (RFC 3207 4.2)
+    READY = "ready"  # EHLO/HELO accepted, no transaction open
+    MAIL = "mail"  # MAIL accepted, no recipient yet
+    RCPT = "rcpt"  # at least one RCPT accepted
+    DATA = "data"  # 354 received: the body is being sent
+    CLOSED = "closed"  # QUIT answered, or the server said 421
+
+
+class Cmd(enum.Enum):
+    GREETING = "greeting"
+    EHLO = "EHLO"
+    HELO = "HELO"
+    STARTTLS = "STARTTLS"
+    AUTH = "AUTH"
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"
+    EOD = "end of data"
+    BDAT = "BDAT"
+    BDAT_LAST = "BDAT LAST"
+    RSET = "RSET"
+    NOOP = "NOOP"
+    QUIT = "QUIT"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    ok: frozenset[int]  # codes that succeed
+    next: State  # state after success
+    fail: State  # state after a 4xx/5xx reply
+    more: frozenset[int] = frozenset()  # codes that continue the command (AUTH 334)
+
+
+def _rule(ok: Iterable[int], nxt: State, fail: State, more: Iterable[int] = ()) -> Rule:
+    return Rule(frozenset(ok), nxt, fail, frozenset(more))
+
+
+_S = State
+_2XX = range(200, 260)
+_IN_TRANSACTION = (_S.MAIL, _S.RCPT)
+
+#: The client state table: (state, command) -> Rule. RFC 5321 4.3.2 gives the codes.
+TABLE: dict[tuple[State, Cmd], Rule] = {
+    (_S.CONNECTED, Cmd.GREETING): _rule([220], _S.GREETED, _S.CLOSED),
+    (_S.GREETED, Cmd.EHLO): _rule([250], _S.READY, _S.GREETED),
+    (_S.GREETED, Cmd.HELO): _rule([250], _S.READY, _S.GREETED),
+    (_S.TLS, Cmd.EHLO): _rule([250], _S.READY, _S.TLS),
+    (_S.READY, Cmd.STARTTLS): _rule([220], _S.TLS, _S.READY),
+    (_S.READY, Cmd.AUTH): _rule([235], _S.READY, _S.READY, more=[334]),
+    (_S.READY, Cmd.MAIL): _rule([250], _S.MAIL, _S.READY),
+    (_S.MAIL, Cmd.RCPT): _rule([250, 251], _S.RCPT, _S.MAIL),
+    (_S.RCPT, Cmd.RCPT): _rule([250, 251], _S.RCPT, _S.RCPT),
+    # RCPT pipelined after a refused MAIL: only a refusal makes sense (RFC 2920 3.1).
+    (_S.READY, Cmd.RCPT): _rule([], _S.READY, _S.READY),
+    (_S.RCPT, Cmd.DATA): _rule([354], _S.DATA, _S.RCPT),
+    # DATA pipelined after recipients that were all refused: the server must refuse it
+    # (RFC 2920 3.1); a 354 anyway is answered with an empty body.
+    (_S.MAIL, Cmd.DATA): _rule([354], _S.DATA, _S.MAIL),
+    (_S.READY, Cmd.DATA): _rule([354], _S.DATA, _S.READY),
+    (_S.DATA, Cmd.EOD): _rule([250], _S.READY, _S.READY),
+    (_S.RCPT, Cmd.BDAT): _rule([250], _S.RCPT, _S.RCPT),
+    (_S.RCPT, Cmd.BDAT_LAST): _rule([250], _S.READY, _S.READY),
+    (_S.MAIL, Cmd.BDAT): _rule([250], _S.MAIL, _S.MAIL),
+    (_S.MAIL, Cmd.BDAT_LAST): _rule([250], _S.READY, _S.READY),
+    (_S.READY, Cmd.RSET): _rule([250], _S.READY, _S.READY),
+    (_S.MAIL, Cmd.RSET): _rule([250], _S.READY, _S.READY),
+    (_S.RCPT, Cmd.RSET): _rule([250], _S.READY, _S.READY),
+    (_S.READY, Cmd.NOOP): _rule(_2XX, _S.READY, _S.READY),
+    (_S.GREETED, Cmd.QUIT): _rule([221], _S.CLOSED, _S.CLOSED),
+    (_S.READY, Cmd.QUIT): _rule([221], _S.CLOSED, _S.CLOSED),
+    (_S.TLS, Cmd.QUIT): _rule([221], _S.CLOSED, _S.CLOSED),
+}
+# A failed MAIL or DATA inside a failed pipelined group can leave any transaction state.
+for _state in _IN_TRANSACTION:
+    TABLE.setdefault((_state, Cmd.MAIL), _rule([250], _S.MAIL, _state))
+    TABLE.setdefault((_state, Cmd.QUIT), _rule([221], _S.CLOSED, _S.CLOSED))
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    MORE = "more"
+    FAIL = "fail"
+
+
+class Machine:
+    """Pairs replies with the commands written, in order, and applies :data:`TABLE`."""
+
+    __slots__ = ("outstanding", "state")
+
+    def __init__(self) -> None:
+        self.state = State.CONNECTED
+        self.outstanding: deque[Cmd] = deque()
+
+    def sent(self, cmd: Cmd) -> None:
+        self.outstanding.append(cmd)
+
+    def received(self, reply: Reply) -> tuple[Cmd, Outcome]:
+        if not self.outstanding:
+            raise ProtocolError(f"unsolicited reply: {reply}")
+        cmd = self.outstanding[0]
+        rule = TABLE.get((self.state, cmd))
+        if rule is None:  # a bug of ours, never the server's
+            raise RuntimeError(f"{cmd.value} sent in state {self.state.value}")
+        if reply.code in rule.more:
+            return cmd, Outcome.MORE  # the same command goes on (AUTH challenge)
+        self.outstanding.popleft()
+        if reply.code in rule.ok:
+            self.state = rule.next
+            return cmd, Outcome.OK
+        if reply.code >= 400:
+            # RFC 5321 3.8: 421 means the server is closing the channel.
+            self.state = State.CLOSED if reply.code == 421 else rule.fail
+            return cmd, Outcome.FAIL
+        raise ProtocolError(f"unexpected reply to {cmd.value}: {reply}")
+
+
+# ------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """What the conversation needs to open a session (no secrets in repr)."""
+
+    host: str
+    port: int
+    security: Security
+    local_hostname: str
+    accept_unsecure_connection: bool = False
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    access_token: Callable[[], str] | None = field(default=None, repr=False)
+    authentication_mode: AuthMode | None = None
+    tls_verified: bool = True  # False when some certificate errors are ignored
+
+
+@dataclass(frozen=True, slots=True)
+class SendOptions:
+    """Per-call options of send()/send_many()."""
+
+    dsn: Dsn | None = None
+    require_tls: bool = False
+
+
+# ----------------------------------------------------------------- message progress
+
+
+@dataclass(slots=True)
+class _InFlight:
+    message: Prepared
+    stage: str = "mail"
+    mail: Reply | None = None
+    rcpts: dict[str, Reply] = field(default_factory=dict)
+    data: Reply | None = None
+    final: Reply | None = None
+    body_sent: bool = False
+    bdat_commands: int = 0
+
+    def accepted(self) -> list[str]:
+        return [a for a, r in self.rcpts.items() if r.code in (250, 251)]
+
+
+def _recipient(reply: Reply, accepted: bool) -> RecipientStatus:
+    return RecipientStatus(reply.code, printable(reply.text), accepted)
+
+
+def _finish(fl: _InFlight) -> SendStatus:
+    """The status of a message whose conversation ended with a reply (no exception)."""
+    msg = fl.message
+    if fl.mail is None or fl.mail.code != 250:
+        reply = fl.mail
+        assert reply is not None
+        recips = {a: _recipient(reply, False) for a in msg.recipients}
+        return _reply_status(msg, reply, "mail", recips)
+    recips = {}
+    for addr in msg.recipients:
+        r = fl.rcpts.get(addr)
+        recips[addr] = _recipient(r, r.code in (250, 251)) if r else RecipientStatus(0, "", False)
+    accepted = fl.accepted()
+    if not accepted:
+        first = next(iter(fl.rcpts.values()))
+        return _reply_status(msg, first, "rcpt", recips)
+    end = fl.final if fl.final is not None else fl.data
+    assert end is not None
+    if end.code != 250:
+        stage = "data"
+        for a in accepted:
+            recips[a] = _recipient(end, False)
+        return _reply_status(msg, end, stage, recips)
+    for a in accepted:
+        recips[a] = _recipient(end, True)
+    refused = [a for a in msg.recipients if not recips[a].accepted]
+    if refused:
+        first_refused = fl.rcpts[refused[0]]
+        return _reply_status(msg, first_refused, "rcpt", recips, success=False)
+    return _reply_status(msg, end, "done", recips, success=True)
+
+
+def _reply_status(
+    msg: Prepared,
+    reply: Reply,
+    stage: str,
+    recipients: dict[str, RecipientStatus],
+    *,
+    success: bool = False,
+) -> SendStatus:
+    return SendStatus(
+        success=success,
+        status=reply.code,
+        status_text=printable(reply.text),
+        stage=None if success else stage,
+        enhanced_status=reply.enhanced,
+        message_id=msg.message_id,
+        recipients=recipients,
+    )
+
+
+def local_failure(msg: Prepared, code: int, enhanced: str, text: str, stage: str) -> SendStatus:
+    """A permanent refusal decided before sending (SIZE, SMTPUTF8, 8BITMIME, REQUIRETLS)."""
+    return SendStatus(
+        success=False,
+        status=code,
+        status_text=text,
+        stage=stage,
+        enhanced_status=enhanced,
+        message_id=msg.message_id,
+        recipients={a: RecipientStatus(code, text, False) for a in msg.recipients},
+        errors=[ErrorInfo(code, text, "postillon")],
+    )
+
+
+#: The component name of each transport failure (ErrorInfo.component; Status.exception()).
+def component_of(exc: BaseException) -> str:
+    from ..errors import ConnectError, ServerDisconnected, TimeoutError
+
+    for cls, name in (
+        (ConnectError, "connect"),
+        (TimeoutError, "timeout"),
+        (ServerDisconnected, "disconnected"),
+        (TLSError, "tls"),
+        (ProtocolError, "protocol"),
+    ):
+        if isinstance(exc, cls):
+            return name
+    return "transport"
+
+
+def failure_status(
+    exc: SMTPError, stage: str, message: Prepared | None = None, *, uncertain: bool = False
+) -> SendStatus:
+    """The status for a failure raised by the conversation or the driver (4D rules)."""
+    recipients: dict[str, RecipientStatus] = {}
+    if isinstance(exc, ReplyError) and exc.code:
+        if message is not None:
+            recipients = {
+                a: RecipientStatus(exc.code, printable(exc.text), False)
+                for a in message.recipients
+            }
+        return SendStatus(
+            success=False,
+            status=exc.code,
+            status_text=printable(exc.text),
+            stage=stage,
+            enhanced_status=exc.enhanced_status,
+            message_id=message.message_id if message else "",
+            recipients=recipients,
+        )
+    text = printable(str(exc) or type(exc).__name__)
+    component = "auth" if isinstance(exc, AuthenticationError) else component_of(exc)
+    if message is not None:
+        recipients = {a: RecipientStatus(0, text, False) for a in message.recipients}
+    return SendStatus(
+        success=False,
+        status=0,
+        status_text=FAILED_TO_SEND,
+        errors=[ErrorInfo(0, text, component)],
+        stage=stage,
+        message_id=message.message_id if message else "",
+        recipients=recipients,
+        uncertain=uncertain,
+    )
+
+
+def invalid_status(exc: InvalidMessage, msg: Prepared) -> SendStatus:
+    """The status of a message whose envelope cannot be sent as given."""
+    text = printable(str(exc))
+    return SendStatus(
+        success=False,
+        status=0,
+        status_text=FAILED_TO_SEND,
+        errors=[ErrorInfo(0, text, "message")],
+        stage="message",
+        message_id=msg.message_id,
+        recipients={a: RecipientStatus(0, text, False) for a in msg.recipients},
+    )
+
+
+def check_status(
+    ok: bool, reply: Reply | None, note: str = "", exc: SMTPError | None = None, stage: str = ""
+) -> Status:
+    """The status of check_connection()."""
+    if exc is not None:
+        st = failure_status(exc, stage)
+        return Status(
+            success=False,
+            status=st.status,
+            status_text=st.status_text,
+            errors=st.errors,
+            stage=stage,
+        )
+    assert reply is not None
+    text = printable(reply.text)
+    if note:
+        text = f"{text} ({note})" if text else note
+    return Status(success=ok, status=reply.code, status_text=text, stage=None if ok else stage)
+
+
+# ---------------------------------------------------------------------- conversation
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class Conversation:
+    """One SMTP client session, sans I/O. Drivers pump its generators."""
+
+    def __init__(self, config: SessionConfig, parser: ReplyParser | None = None) -> None:
+        self.config = config
+        self.parser = parser or ReplyParser()
+        self.machine = Machine()
+        self.capabilities = Capabilities.from_helo(Reply(250, ("",)))
+        self.tls_active = config.security is Security.TLS
+        self.stage = "connect"
+        #: why the session went on without authentication (WinDev rule), else ""
+        self.auth_note = ""
+        self.auth_mechanism: AuthMode | None = None
+        self.last_reply: Reply | None = None
+        self._inflight: list[_InFlight] = []
+        #: called with the transcript events that are not wire lines
+        self.on_event: Callable[[str], None] = lambda _text: None
+
+    # -- low-level steps
+
+    def _write(self, cmd: Cmd, data: bytes, log_text: str | None = None) -> Write:
+        self.machine.sent(cmd)
+        return Write(data, log_text if log_text is not None else data.decode("utf-8", "replace"))
+
+    def _read(
+        self, *, exact: bool = True
+    ) -> Generator[Request, Reply | None, tuple[Cmd, Outcome, Reply]]:
+        reply = yield READ
+        assert reply is not None
+        self.last_reply = reply
+        cmd, outcome = self.machine.received(reply)
+        if exact and not self.machine.outstanding and self.parser.has_data():
+            # Every outstanding command is answered, yet bytes remain: a duplicated or
+            # unsolicited reply. Pairing it with the next command would desynchronise
+            # the session (security.md 1.12), so the connection is given up.
+            raise ProtocolError("the server sent a reply nobody asked for")
+        return cmd, outcome, reply
+
+    def _command(
+        self, cmd: Cmd, data: bytes, log_text: str | None = None
+    ) -> Generator[Request, Reply | None, tuple[Outcome, Reply]]:
+        yield self._write(cmd, data, log_text)
+        _, outcome, reply = yield from self._read()
+        return outcome, reply
+
+    # -- session opening
+
+    def handshake(self) -> Flow:
+        """Greeting, EHLO (HELO fallback), STARTTLS and EHLO again, AUTH."""
+        self.stage = "greeting"
+        self.machine.sent(Cmd.GREETING)
+        _, outcome, reply = yield from self._read()
+        if outcome is not Outcome.OK:
+            raise ReplyError(reply.code, reply.text, reply.enhanced)
+        self.stage = "ehlo"
+        yield from self._ehlo()
+        if self.config.security is Security.STARTTLS:
+            yield from self._starttls()
+        if self.config.user is not None:
+            self.stage = "auth"
+            yield from self._authenticate()
+        self.stage = "ready"
+
+    def _ehlo(self) -> Flow:
+        name = self.config.local_hostname
+        outcome, reply = yield from self._command(Cmd.EHLO, commands.ehlo(name))
+        if outcome is Outcome.OK:
+            self.capabilities = Capabilities.from_ehlo(reply)
+            self.on_event(f"capabilities: {' '.join(sorted(self.capabilities.keywords))}")
+            return
+        if reply.code in (500, 501, 502, 504, 550) and self.machine.state is State.GREETED:
+            # RFC 5321 3.2: a server that does not know EHLO gets HELO.
+            outcome, reply = yield from self._command(Cmd.HELO, commands.helo(name))
+            if outcome is Outcome.OK:
+                self.capabilities = Capabilities.from_helo(reply)
+                return
+        raise ReplyError(reply.code, reply.text, reply.enhanced)
+
+    def _starttls(self) -> Flow:
+        if self.capabilities.starttls:
+            self.stage = "starttls"
+            yield self._write(Cmd.STARTTLS, commands.STARTTLS)
+            # Bytes after the 220 are dropped below, not judged as a stray reply.
+            _, outcome, reply = yield from self._read(exact=False)
+            if outcome is not Outcome.OK:
+                raise ReplyError(reply.code, reply.text, reply.enhanced)
+            # RFC 3207 4.2 / CVE-2011-0411: nothing read before the handshake may count.
+            dropped = self.parser.discard()
+            if dropped:
+                log.warning("discarded %d bytes received before the TLS handshake", dropped)
+                self.on_event(f"discarded {dropped} bytes received before the TLS handshake")
+            self.stage = "tls"
+            yield START_TLS
+            self.tls_active = True
+            self.capabilities = Capabilities.from_helo(Reply(250, ("",)))
+            self.stage = "ehlo"
+            yield from self._ehlo()
+        elif self.config.accept_unsecure_connection:
+            log.warning("%s does not offer STARTTLS: going on unencrypted", self.config.host)
+            self.on_event("STARTTLS not offered: going on unencrypted (accept_unsecure_connection)")
+        else:
+            raise TLSError(
+                "the server does not offer STARTTLS; refusing to go on unencrypted "
+                "(set accept_unsecure_connection=True to allow it)"
+            )
+
+    def _authenticate(self) -> Flow:
+        cfg = self.config
+        offered = self.capabilities.auth
+        self.on_event(f"AUTH offered: {' '.join(offered) or '(none)'}")
+        mode = sasl.choose_mechanism(
+            offered,
+            requested=cfg.authentication_mode,
+            have_password=cfg.password is not None,
+            have_token=cfg.access_token is not None,
+        )
+        if mode is None:
+            if cfg.authentication_mode is not None:
+                raise AuthenticationError(
+                    0,
+                    f"the server does not offer {cfg.authentication_mode.value} "
+                    f"(offered: {' '.join(offered) or 'none'})",
+                )
+            # WinDev rule: nothing we know is offered, so the session goes on without AUTH.
+            self.auth_note = "authentication skipped: the server offers no known mechanism"
+            self.on_event(self.auth_note)
+            return
+        if not self.tls_active and not cfg.accept_unsecure_connection:
+            raise AuthenticationError(
+                0,
+                "refusing to send credentials over an unencrypted connection "
+                "(set accept_unsecure_connection=True to allow it)",
+            )
+        if not cfg.tls_verified:
+            log.warning("sending credentials over TLS whose certificate errors are ignored")
+        self.auth_mechanism = mode
+        self.on_event(f"AUTH chosen: {mode.value}")
+        token = cfg.access_token() if cfg.access_token is not None else None
+        flow = sasl.flow_for(
+            mode,
+            user=cfg.user or "",
+            password=cfg.password,
+            token=token,
+            host=cfg.host,
+            port=cfg.port,
+        )
+        initial = next(flow)
+        arg = None if initial is sasl.NO_INITIAL else _b64(initial)
+        outcome, reply = yield from self._command(
+            Cmd.AUTH,
+            commands.auth(mode.value, arg),
+            f"AUTH {mode.value}" + (" [redacted]" if arg is not None else ""),
+        )
+        while outcome is Outcome.MORE:
+            try:
+                challenge = base64.b64decode(reply.lines[0] if reply.lines else "", validate=True)
+            except (binascii.Error, ValueError):
+                challenge = None
+            answer: bytes | None = None
+            if challenge is not None:
+                try:
+                    answer = flow.send(challenge)
+                except StopIteration:
+                    answer = None
+            if answer is None:
+                # RFC 4954 4: "*" cancels the exchange.
+                yield Write(b"*\r\n", "*")
+            else:
+                yield Write(_b64(answer).encode("ascii") + b"\r\n", "[redacted]")
+            _, outcome, reply = yield from self._read()
+        flow.close()
+        if outcome is not Outcome.OK:
+            raise AuthenticationError(reply.code, reply.text, reply.enhanced)
+
+    # -- utility commands
+
+    def noop(self) -> Flow:
+        outcome, reply = yield from self._command(Cmd.NOOP, commands.NOOP)
+        if outcome is not Outcome.OK:
+            raise ReplyError(reply.code, reply.text, reply.enhanced)
+
+    def reset(self) -> Flow:
+        outcome, reply = yield from self._command(Cmd.RSET, commands.RSET)
+        if outcome is not Outcome.OK:
+            raise ReplyError(reply.code, reply.text, reply.enhanced)
+
+    def quit(self) -> Flow:
+        if self.machine.state in (State.CLOSED, State.CONNECTED):
+            return
+        self.machine.outstanding.clear()
+        self.stage = "quit"
+        yield from self._command(Cmd.QUIT, commands.QUIT)
+
+    @property
+    def usable(self) -> bool:
+        """True when a new transaction may start on this session."""
+        return self.machine.state is State.READY and not self.machine.outstanding
+
+    # -- transactions
+
+    def _precheck(self, msg: Prepared, opts: SendOptions) -> SendStatus | None:
+        caps = self.capabilities
+        limit = caps.size
+        if limit and msg.size is not None and msg.size > limit:
+            return local_failure(
+                msg, 552, "5.3.4",
+                f"message of {msg.size} bytes exceeds the server's limit of {limit} (SIZE)",
+                "mail",
+            )  # fmt: skip
+        if msg.needs_smtputf8 and not caps.smtputf8:
+            return local_failure(
+                msg, 553, "5.6.7",
+                "the message needs SMTPUTF8, which the server does not offer", "mail",
+            )  # fmt: skip
+        if msg.eight_bit and not caps.eightbitmime:
+            return local_failure(
+                msg, 554, "5.6.3",
+                "the message has 8-bit data and the server does not offer 8BITMIME", "mail",
+            )  # fmt: skip
+        if opts.require_tls and not (self.tls_active and caps.requiretls):
+            return local_failure(
+                msg, 530, "5.7.10", "REQUIRETLS was asked for and the server does not offer it",
+                "mail",
+            )  # fmt: skip
+        return None
+
+    def _envelope(self, msg: Prepared, opts: SendOptions) -> list[tuple[Cmd, bytes, str]]:
+        caps = self.capabilities
+        utf8 = msg.needs_smtputf8
+        params: list[str] = []
+        if caps.has("SIZE") and msg.size is not None:
+            params.append(commands.esmtp_param("SIZE", str(msg.size)))
+        if msg.eight_bit:
+            params.append(commands.esmtp_param("BODY", "8BITMIME"))
+        if utf8:
+            params.append(commands.esmtp_param("SMTPUTF8"))
+        if opts.require_tls:
+            params.append(commands.esmtp_param("REQUIRETLS"))
+        dsn = opts.dsn if caps.dsn else None
+        if dsn is not None:
+            if dsn.ret:
+                params.append(commands.esmtp_param("RET", dsn.ret))
+            if dsn.envid:
+                params.append(commands.esmtp_param("ENVID", commands.xtext(dsn.envid)))
+        out = [(Cmd.MAIL, commands.mail_from(msg.mail_from, params, smtputf8=utf8), "")]
+        rparams: list[str] = []
+        if dsn is not None and dsn.notify:
+            rparams.append(commands.esmtp_param("NOTIFY", ",".join(dsn.notify)))
+        for i, rcpt in enumerate(msg.recipients):
+            extra = list(rparams)
+            if dsn is not None and rcpt.isascii():
+                extra.append(commands.esmtp_param("ORCPT", "rfc822;" + commands.xtext(rcpt)))
+            try:
+                line = commands.rcpt_to(rcpt, extra, smtputf8=utf8)
+            except InvalidMessage as exc:
+                raise InvalidMessage(exc.message, f"to[{i}]") from None
+            out.append((Cmd.RCPT, line, ""))
+        return out
+
+    def transactions(self, messages: Iterable[Prepared | SendStatus], opts: SendOptions) -> Flow:
+        """Send each message in turn, yielding :class:`Done` for each, in order.
+
+        A :class:`SendStatus` among the messages (one that failed before the wire) is
+        passed through in its place, so that results stay in the order of the input.
+
+        With PIPELINING the envelope of a message leaves in one write, and the next
+        message's envelope follows its body before the end-of-data reply is read.
+        """
+        caps = self.capabilities
+        pipelining = caps.pipelining
+        chunking = caps.chunking
+        pending: _InFlight | None = None
+        for msg in messages:
+            if isinstance(msg, SendStatus):
+                status: SendStatus | None = msg
+            else:
+                status = self._precheck(msg, opts)
+            envelope: list[tuple[Cmd, bytes, str]] = []
+            if status is None:
+                assert isinstance(msg, Prepared)
+                try:
+                    envelope = self._envelope(msg, opts)
+                except InvalidMessage as exc:
+                    # In a batch, one bad envelope fails alone; the others go on.
+                    status = invalid_status(exc, msg)
+            if status is not None:
+                if pending is not None:
+                    yield from self._end(pending)
+                    pending = None
+                yield Done(status)
+                continue
+            assert isinstance(msg, Prepared)
+            fl = _InFlight(msg)
+            self._inflight.append(fl)
+            if not chunking:
+                envelope.append((Cmd.DATA, commands.DATA, ""))
+            self.stage = "mail"
+            if pipelining:
+                for cmd, data, _ in envelope:
+                    yield self._write(cmd, data)
+                if pending is not None:
+                    yield from self._end(pending)
+                    pending = None
+                for cmd, _, _ in envelope:
+                    yield from self._envelope_reply(fl, cmd)
+            else:
+                if pending is not None:  # pragma: no cover - only pipelined sends leave one
+                    yield from self._end(pending)
+                    pending = None
+                for cmd, data, _ in envelope:
+                    if cmd is Cmd.DATA and not fl.accepted():
+                        break
+                    yield self._write(cmd, data)
+                    yield from self._envelope_reply(fl, cmd)
+                    if cmd is Cmd.MAIL and fl.mail is not None and fl.mail.code != 250:
+                        break
+            if chunking:
+                if fl.accepted():
+                    fl.stage = "data"
+                    stream = BdatStream(msg.chunks())
+                    yield WriteBody(stream, msg)
+                    fl.body_sent = True
+                    fl.bdat_commands = stream.commands
+                    for _ in range(stream.commands - 1):
+                        self.machine.sent(Cmd.BDAT)
+                    self.machine.sent(Cmd.BDAT_LAST)
+                    pending = fl
+                    if not pipelining:
+                        yield from self._end(pending)
+                        pending = None
+                    continue
+            elif fl.data is not None and fl.data.code == 354:
+                fl.stage = "data"
+                if fl.accepted():
+                    yield WriteBody(data_stream(msg.chunks()), msg)
+                else:  # RFC 2920 3.1: DATA accepted with no recipient: end it empty.
+                    yield Write(b".\r\n", ".")
+                fl.body_sent = True
+                self.machine.sent(Cmd.EOD)
+                pending = fl
+                if not pipelining:
+                    yield from self._end(pending)
+                    pending = None
+                continue
+            # The transaction failed before the body: close it before the next one.
+            if self.machine.state in _IN_TRANSACTION:
+                outcome, reply = yield from self._command(Cmd.RSET, commands.RSET)
+                if outcome is not Outcome.OK:
+                    raise ReplyError(reply.code, reply.text, reply.enhanced)
+            self._inflight.remove(fl)
+            yield Done(_finish(fl))
+        if pending is not None:
+            yield from self._end(pending)
+
+    def _envelope_reply(self, fl: _InFlight, cmd: Cmd) -> Flow:
+        _, _outcome, reply = yield from self._read()
+        if cmd is Cmd.MAIL:
+            fl.mail = reply
+            fl.stage = "rcpt"
+        elif cmd is Cmd.RCPT:
+            fl.rcpts[fl.message.recipients[len(fl.rcpts)]] = reply
+        else:
+            fl.data = reply
+        if reply.code == 421:
+            self._closing(reply)
+
+    def _end(self, fl: _InFlight) -> Flow:
+        """Read the end-of-data (or every BDAT) reply of a message and report it."""
+        final: Reply | None = None
+        for _ in range(max(fl.bdat_commands, 1)):
+            _, _outcome, reply = yield from self._read()
+            if final is None or final.code == 250:
+                final = reply  # the first failure wins, else the last success
+            if reply.code == 421:
+                break
+        fl.final = final
+        self._inflight.remove(fl)
+        yield Done(_finish(fl))
+        if final is not None and final.code == 421:
+            self._closing(final)
+
+    def _closing(self, reply: Reply) -> None:
+        # The server is closing (421): every message still in flight ends with this reply.
+        self.machine.state = State.CLOSED
+        raise ReplyError(reply.code, reply.text, reply.enhanced)
+
+    def abort(self, exc: SMTPError) -> list[SendStatus]:
+        """Statuses for every message still in flight when the session failed."""
+        out = []
+        for fl in self._inflight:
+            if isinstance(exc, ReplyError) and exc.code:
+                st = failure_status(exc, fl.stage, fl.message)
+            else:
+                # After the final dot and before the answer, the server may have the
+                # message: the spool must know a retry may duplicate it.
+                st = failure_status(exc, fl.stage, fl.message, uncertain=fl.body_sent)
+            known = {
+                a: _recipient(r, False) for a, r in fl.rcpts.items() if r.code not in (250, 251)
+            }
+            if known:
+                recips = dict(st.recipients)
+                recips.update(known)
+                st = _replace_recipients(st, recips)
+            out.append(st)
+        self._inflight.clear()
+        self.machine.state = State.CLOSED
+        return out
+
+
+def _replace_recipients(st: SendStatus, recipients: dict[str, RecipientStatus]) -> SendStatus:
+    from dataclasses import replace
+
+    return replace(st, recipients=recipients)
+

@@ -1,0 +1,207 @@
+"""The blocking socket driver: pumps the conversation generators over one connection.
+
+All protocol decisions live in :mod:`postillon.protocol.conversation`; this module only
+moves bytes, keeps the deadline, and runs the TLS handshake when asked. The deadline is
+absolute (``time.monotonic()``): every read and write gets the time that remains, so a
+server that trickles one byte at a time cannot stretch a call past it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+from ..errors import ServerDisconnected, TimeoutError
+from ..protocol.conversation import (
+    Conversation,
+    Done,
+    Flow,
+    Write,
+    WriteBody,
+    _Read,
+    _StartTLS,
+)
+from ..protocol.reply import Reply
+from ..settings import Security
+from ..status import SendStatus
+from . import tls
+from .common import READ_SIZE, WRITE_BUFFER, Endpoint, local_hostname, map_exceptions
+from .transcript import Transcript
+
+
+class SyncConnection:
+    """One SMTP connection: a socket, its conversation, and its transcript."""
+
+    def __init__(self, endpoint: Endpoint, transcript: Transcript) -> None:
+        self.endpoint = endpoint
+        self.transcript = transcript
+        self.conversation = Conversation(endpoint.session)
+        self.conversation.on_event = transcript.event
+        self.sock: socket.socket | None = None
+        self.deadline = 0.0
+        #: replies read so far (a reused connection that failed before its first reply
+        #: may be retried on a fresh one: nothing of the call reached the server's queue)
+        self.replies = 0
+
+    # -- I/O primitives
+
+    def _remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"timed out talking to {self.endpoint.host}")
+        return left
+
+    def _sendall(self, data: bytes) -> None:
+        assert self.sock is not None
+        with map_exceptions(self.endpoint.host):
+            self.sock.settimeout(self._remaining())
+            self.sock.sendall(data)
+
+    def _read_reply(self) -> Reply:
+        parser = self.conversation.parser
+        reply = parser.next_reply()
+        assert self.sock is not None
+        while reply is None:
+            with map_exceptions(self.endpoint.host):
+                self.sock.settimeout(self._remaining())
+                data = self.sock.recv(READ_SIZE)
+            if not data:
+                raise ServerDisconnected(f"{self.endpoint.host} closed the connection")
+            parser.feed(data)
+            reply = parser.next_reply()
+        self.replies += 1
+        return reply
+
+    # -- connection
+
+    def connect(self, deadline: float) -> None:
+        """TCP connect, implicit TLS if asked, then the handshake flow (greeting to AUTH)."""
+        ep = self.endpoint
+        self.deadline = min(deadline, time.monotonic() + ep.connection_timeout)
+        with map_exceptions(ep.host, connecting=True):
+            sock = socket.create_connection((ep.host, ep.port), timeout=self._remaining())
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        name = local_hostname(ep.session.local_hostname, sock.getsockname())
+        if name != ep.session.local_hostname:
+            self.conversation.config = dataclasses.replace(ep.session, local_hostname=name)
+        self.transcript.event(f"session start {ep.host}:{ep.port} security={ep.security.value}")
+        if ep.security is Security.TLS:
+            self._start_tls()
+        self.pump(self.conversation.handshake())
+        self.deadline = deadline
+
+    def _start_tls(self) -> None:
+        ep = self.endpoint
+        assert self.sock is not None
+        with map_exceptions(ep.host):
+            self.sock.settimeout(self._remaining())
+            try:
+                wrapped = ep.tls.context.wrap_socket(self.sock, server_hostname=ep.host)
+            except (ssl.SSLError, ssl.CertificateError) as exc:
+                raise tls.describe(exc, ep.host) from exc
+        self.sock = wrapped
+        if ep.tls.manual_leaf_check:
+            tls.verify_leaf(wrapped.getpeercert(binary_form=True), ep.host, ep.tls.ignore)
+        cipher = wrapped.cipher()
+        self.transcript.event(
+            f"TLS {wrapped.version()} cipher {cipher[0] if cipher else '?'}"
+            + ("" if ep.tls.verified else " (some certificate errors ignored)")
+        )
+
+    def pump(self, flow: Flow, on_done: Callable[[SendStatus], None] | None = None) -> None:
+        """Run a conversation flow to its end; I/O errors propagate as SMTPError."""
+        conv = self.conversation
+        tr = self.transcript
+        buf: list[bytes] = []
+        size = 0
+        answer: Reply | None = None
+        send = flow.send
+        while True:
+            try:
+                req = send(answer)
+            except StopIteration:
+                break
+            answer = None
+            kind = type(req)
+            if kind is Write:
+                assert isinstance(req, Write)
+                buf.append(req.data)
+                size += len(req.data)
+                if tr.active:
+                    tr.sent(req.log)
+            elif kind is _Read:
+                if buf:
+                    self._sendall(b"".join(buf) if len(buf) > 1 else buf[0])
+                    buf.clear()
+                    size = 0
+                answer = self._read_reply()
+                if tr.active:
+                    tr.received(answer, redact=conv.stage == "auth")
+            elif kind is WriteBody:
+                assert isinstance(req, WriteBody)
+                for chunk in req.chunks:
+                    if tr.body_active:
+                        tr.body(chunk)
+                    if size + len(chunk) >= WRITE_BUFFER:
+                        if buf:
+                            buf.append(chunk)
+                            self._sendall(b"".join(buf))
+                            buf.clear()
+                        else:
+                            self._sendall(chunk)
+                        size = 0
+                    else:
+                        buf.append(chunk)
+                        size += len(chunk)
+            elif kind is Done:
+                assert isinstance(req, Done)
+                if on_done is not None:
+                    on_done(req.status)
+            else:
+                assert isinstance(req, _StartTLS)
+                if buf:
+                    self._sendall(b"".join(buf))
+                    buf.clear()
+                    size = 0
+                self._start_tls()
+        if buf:
+            self._sendall(b"".join(buf))
+
+    def is_stale(self) -> bool:
+        """True when an idle connection was closed or spoke out of turn (keep_alive reuse)."""
+        if self.sock is None or not self.conversation.usable:
+            return True
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        # Anything readable on an idle connection is EOF, a 421 timeout notice, or
+        # unsolicited bytes: none of it may be paired with our next command.
+        return bool(readable)
+
+    def quit(self, deadline: float) -> None:
+        """Say QUIT politely, ignoring every failure (the message is already done)."""
+        if self.sock is None:
+            return
+        self.deadline = min(deadline, time.monotonic() + 5.0)
+        try:
+            self.pump(self.conversation.quit())
+        except Exception:  # noqa: BLE001,S110 - QUIT failures never matter (security.md 3.2)
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:  # pragma: no cover
+                pass
+            self.sock = None
+        self.transcript.flush()

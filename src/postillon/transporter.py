@@ -1,0 +1,811 @@
+"""The public face: :class:`Transporter` (4D ``SMTP New transporter``, WinDev
+``EmailStartSMTPSession``).
+
+Construction validates every setting and does no I/O. The first ``send()`` or
+``check_connection()`` connects; ``keep_alive`` keeps that connection for the next call
+and reopens it transparently when the server dropped it while idle.
+
+Example::
+
+    with Transporter("smtp.example.com", user="ann", password=secret) as t:
+        status = t.send(Email(from_="ann@example.com", to="bob@example.com",
+                              subject="Hello", text_body="Hi Bob"))
+        print(status.success, status.status, status.status_text)
+"""
+
+from __future__ import annotations
+
+import email.message
+import itertools
+import os
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+from .errors import InvalidMessage, ReplyError, SMTPError
+from .message import CharsetMode, Email, RawMessage, prepare
+from .message.prepared import Prepared
+from .protocol import commands
+from .protocol.conversation import (
+    Conversation,
+    SendOptions,
+    SessionConfig,
+    check_status,
+    failure_status,
+    invalid_status,
+)
+from .settings import AuthMode, Dsn, IgnoreCert, Security
+from .status import SendStatus, SpoolState, Status
+from .transport import tls as _tls
+from .transport.common import Endpoint
+from .transport.sync import SyncConnection
+from .transport.transcript import Transcript
+
+if TYPE_CHECKING:
+    from .signing import DkimSigner, SmimeSigner
+    from .spool import Spool
+
+__all__ = ["Transporter"]
+
+#: What send() accepts: our Email, a stdlib EmailMessage, a RawMessage, or raw bytes
+#: (with from_= and to=).
+Message = Union[Email, email.message.EmailMessage, RawMessage, bytes]
+
+_DEFAULT_PORTS = {Security.TLS: 465, Security.STARTTLS: 587, Security.NONE: 25}
+
+
+def _positive(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name}: must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _no_nul(value: str | None, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: must be a string")
+    if "\x00" in value:
+        # RFC 4616: NUL separates the PLAIN fields; inside a value it shifts them.
+        raise ValueError(f"{name}: must not contain a NUL character")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every transporter setting, validated once (shared by sync and async)."""
+
+    host: str
+    port: int
+    security: Security
+    accept_unsecure_connection: bool
+    user: str | None
+    password: str | None = field(repr=False)
+    authentication_mode: AuthMode | None
+    access_token: Callable[[], str] | None = field(repr=False)
+    connection_timeout: float
+    send_timeout: float
+    keep_alive: bool
+    log_file: str | None
+    header_charset: CharsetMode
+    body_charset: CharsetMode
+    ignore_errors: IgnoreCert
+    ssl_context: ssl.SSLContext | None
+    client_certificate: str | tuple[str, str] | None
+    local_hostname: str | None
+    tls: _tls.TLSSettings = field(repr=False)
+    smime: SmimeSigner | None = field(repr=False)
+    dkim: DkimSigner | None = field(repr=False)
+
+    def endpoint(self) -> Endpoint:
+        session = SessionConfig(
+            host=self.host,
+            port=self.port,
+            security=self.security,
+            local_hostname=self.local_hostname or "",
+            accept_unsecure_connection=self.accept_unsecure_connection,
+            user=self.user,
+            password=self.password,
+            access_token=self.access_token,
+            authentication_mode=self.authentication_mode,
+            tls_verified=self.tls.verified,
+        )
+        return Endpoint(
+            self.host, self.port, self.security, self.tls, self.connection_timeout, session
+        )
+
+
+def make_settings(
+    host: str,
+    port: int | None,
+    *,
+    security: Security | str | None,
+    accept_unsecure_connection: bool,
+    user: str | None,
+    password: str | None,
+    authentication_mode: AuthMode | str | None,
+    access_token: str | Callable[[], str] | None,
+    connection_timeout: float,
+    send_timeout: float,
+    keep_alive: bool,
+    log_file: str | os.PathLike[str] | None,
+    header_charset: CharsetMode | str,
+    body_charset: CharsetMode | str,
+    ignore_errors: IgnoreCert,
+    ssl_context: ssl.SSLContext | None,
+    client_certificate: str | tuple[str, str] | None,
+    local_hostname: str | None,
+    smime_certificate: str | bytes | os.PathLike[str] | None,
+    smime_password: str | bytes | None,
+    dkim: DkimSigner | None,
+) -> Settings:
+    """Validate the constructor arguments; every error names its setting."""
+    if not isinstance(host, str) or not host.strip():
+        raise ValueError("host: must be a non-empty host name or address")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in host):
+        raise ValueError("host: must not contain spaces or control characters")
+    if security is not None and not isinstance(security, Security):
+        try:
+            security = Security(str(security).lower())
+        except ValueError:
+            raise ValueError(
+                f"security: must be Security.TLS, STARTTLS or NONE, not {security!r}"
+            ) from None
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
+    ):
+        raise ValueError(f"port: must be an integer from 1 to 65535, not {port!r}")
+    if security is None:
+        security = Security.TLS if port == 465 else Security.STARTTLS
+    if port is None:
+        port = _DEFAULT_PORTS[security]
+    _no_nul(user, "user")
+    _no_nul(password, "password")
+    if password is not None and user is None:
+        raise ValueError("password: given without user")
+    mode = AuthMode.parse(authentication_mode) if authentication_mode is not None else None
+    token: Callable[[], str] | None
+    if access_token is None:
+        token = None
+    elif callable(access_token):
+        token = access_token
+    else:
+        fixed = _no_nul(access_token, "access_token")
+        token = lambda: fixed or ""  # noqa: E731
+    if (token is not None or password is not None) and user is None:
+        raise ValueError("user: is needed with a password or an access_token")
+    if mode in (AuthMode.XOAUTH2, AuthMode.OAUTHBEARER) and token is None:
+        raise ValueError(f"access_token: is needed with authentication_mode={mode.value}")
+    if not isinstance(ignore_errors, IgnoreCert):
+        raise ValueError("ignore_errors: must be an IgnoreCert flag set")
+    if local_hostname is not None:
+        local_hostname = commands.check_ehlo_name(local_hostname)
+    try:
+        hc = CharsetMode(header_charset)
+    except ValueError:
+        raise ValueError(f"header_charset: unknown charset mode {header_charset!r}") from None
+    try:
+        bc = CharsetMode(body_charset)
+    except ValueError:
+        raise ValueError(f"body_charset: unknown charset mode {body_charset!r}") from None
+    smime = None
+    if smime_certificate is not None:
+        from .signing import SmimeSigner
+
+        smime = SmimeSigner(smime_certificate, smime_password)
+    elif smime_password is not None:
+        raise ValueError("smime_password: given without smime_certificate")
+    return Settings(
+        host=host.strip(),
+        port=port,
+        security=security,
+        accept_unsecure_connection=bool(accept_unsecure_connection),
+        user=user,
+        password=password,
+        authentication_mode=mode,
+        access_token=token,
+        connection_timeout=_positive(connection_timeout, "connection_timeout"),
+        send_timeout=_positive(send_timeout, "send_timeout"),
+        keep_alive=bool(keep_alive),
+        log_file=os.fspath(log_file) if log_file is not None else None,
+        header_charset=hc,
+        body_charset=bc,
+        ignore_errors=ignore_errors,
+        ssl_context=ssl_context,
+        client_certificate=client_certificate,
+        local_hostname=local_hostname,
+        tls=_tls.build(ssl_context, ignore_errors, client_certificate),
+        smime=smime,
+        dkim=dkim,
+    )
+
+
+@dataclass(slots=True)
+class Staged:
+    """A message on its way: prepared for a server without SMTPUTF8 when possible."""
+
+    original: object
+    prepared: Prepared | None  # None: it needs SMTPUTF8
+    error: InvalidMessage | None = None
+
+
+class TransporterBase:
+    """Settings, validation and message staging shared by Transporter and AsyncTransporter."""
+
+    _settings: Settings
+
+    def __init__(
+        self,
+        host: str,
+        port: int | None = None,
+        *,
+        security: Security | str | None = None,
+        accept_unsecure_connection: bool = False,
+        user: str | None = None,
+        password: str | None = None,
+        authentication_mode: AuthMode | str | None = None,
+        access_token: str | Callable[[], str] | None = None,
+        connection_timeout: float = 30,
+        send_timeout: float = 100,
+        keep_alive: bool = True,
+        log_file: str | os.PathLike[str] | None = None,
+        header_charset: CharsetMode | str = CharsetMode.UTF8_QP,
+        body_charset: CharsetMode | str = CharsetMode.UTF8_QP,
+        ignore_errors: IgnoreCert = IgnoreCert.NONE,
+        ssl_context: ssl.SSLContext | None = None,
+        client_certificate: str | tuple[str, str] | None = None,
+        local_hostname: str | None = None,
+        smime_certificate: str | bytes | os.PathLike[str] | None = None,
+        smime_password: str | bytes | None = None,
+        dkim: DkimSigner | None = None,
+    ) -> None:
+        self._settings = make_settings(
+            host,
+            port,
+            security=security,
+            accept_unsecure_connection=accept_unsecure_connection,
+            user=user,
+            password=password,
+            authentication_mode=authentication_mode,
+            access_token=access_token,
+            connection_timeout=connection_timeout,
+            send_timeout=send_timeout,
+            keep_alive=keep_alive,
+            log_file=log_file,
+            header_charset=header_charset,
+            body_charset=body_charset,
+            ignore_errors=ignore_errors,
+            ssl_context=ssl_context,
+            client_certificate=client_certificate,
+            local_hostname=local_hostname,
+            smime_certificate=smime_certificate,
+            smime_password=smime_password,
+            dkim=dkim,
+        )
+        self._endpoint = self._settings.endpoint()
+
+    # -- readable settings (password and access_token are write-only)
+
+    @property
+    def host(self) -> str:
+        return self._settings.host
+
+    @property
+    def port(self) -> int:
+        return self._settings.port
+
+    @property
+    def security(self) -> Security:
+        return self._settings.security
+
+    @property
+    def accept_unsecure_connection(self) -> bool:
+        return self._settings.accept_unsecure_connection
+
+    @property
+    def user(self) -> str | None:
+        return self._settings.user
+
+    @property
+    def authentication_mode(self) -> AuthMode | None:
+        return self._settings.authentication_mode
+
+    @property
+    def connection_timeout(self) -> float:
+        return self._settings.connection_timeout
+
+    @property
+    def send_timeout(self) -> float:
+        return self._settings.send_timeout
+
+    @property
+    def keep_alive(self) -> bool:
+        return self._settings.keep_alive
+
+    @property
+    def log_file(self) -> str | None:
+        return self._settings.log_file
+
+    @property
+    def header_charset(self) -> CharsetMode:
+        return self._settings.header_charset
+
+    @property
+    def body_charset(self) -> CharsetMode:
+        return self._settings.body_charset
+
+    @property
+    def ignore_errors(self) -> IgnoreCert:
+        return self._settings.ignore_errors
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self._settings.ssl_context
+
+    @property
+    def client_certificate(self) -> str | tuple[str, str] | None:
+        return self._settings.client_certificate
+
+    @property
+    def local_hostname(self) -> str | None:
+        return self._settings.local_hostname
+
+    @property
+    def dkim(self) -> DkimSigner | None:
+        return self._settings.dkim
+
+    def __repr__(self) -> str:
+        s = self._settings
+        user = f", user={s.user!r}" if s.user is not None else ""
+        return (
+            f"{type(self).__name__}(host={s.host!r}, port={s.port}, "
+            f"security={s.security}{user})"
+        )
+
+    # -- messages
+
+    def _stage(self, message: object, from_: str | None, to: Iterable[str] | str | None) -> Staged:
+        """Coerce and prepare before any I/O; raise InvalidMessage for what cannot be sent."""
+        if isinstance(message, Prepared):
+            return Staged(message, message)
+        if isinstance(message, bytes | bytearray | memoryview):
+            if from_ is None:
+                raise InvalidMessage("raw bytes need the envelope sender from_=", "from_")
+            if to is None:
+                raise InvalidMessage("raw bytes need the envelope recipients to=", "to")
+            recipients = [to] if isinstance(to, str) else list(to)
+            message = RawMessage(bytes(message), from_, recipients)
+        elif from_ is not None or to is not None:
+            raise InvalidMessage("from_= and to= go with raw bytes only", "from_")
+        if not isinstance(message, Email | email.message.EmailMessage | RawMessage):
+            raise InvalidMessage(
+                f"cannot send a {type(message).__name__}: give an Email, an "
+                "email.message.EmailMessage, a RawMessage or bytes",
+                "message",
+            )
+        s = self._settings
+        try:
+            prepared = prepare(
+                message, header_charset=s.header_charset, body_charset=s.body_charset
+            )
+        except InvalidMessage as first:
+            try:  # does it only need SMTPUTF8? Then wait for the server's answer.
+                prepare(
+                    message,
+                    header_charset=s.header_charset,
+                    body_charset=s.body_charset,
+                    smtputf8=True,
+                )
+            except InvalidMessage:
+                raise first from None
+            return Staged(message, None, first)
+        return Staged(message, prepared)
+
+    def _final(
+        self,
+        staged: Staged,
+        smtputf8: bool,
+        smime: SmimeSigner | None = None,
+        dkim: DkimSigner | None = None,
+    ) -> Prepared:
+        """The bytes to send once the server's capabilities are known, signed."""
+        prepared = staged.prepared
+        if prepared is None:
+            if not smtputf8:
+                assert staged.error is not None
+                raise InvalidMessage(
+                    f"{staged.error.message} (the server does not offer SMTPUTF8)",
+                    staged.error.field,
+                )
+            s = self._settings
+            prepared = prepare(
+                staged.original,  # type: ignore[arg-type]
+                header_charset=s.header_charset,
+                body_charset=s.body_charset,
+                smtputf8=True,
+            )
+        if isinstance(staged.original, Prepared):
+            return prepared  # spooled bytes are sent exactly as stored (already signed)
+        return self._sign(prepared, smime, dkim)
+
+    def _sign(
+        self, prepared: Prepared, smime: SmimeSigner | None, dkim: DkimSigner | None
+    ) -> Prepared:
+        smime = smime or self._settings.smime
+        dkim = dkim or self._settings.dkim
+        if smime is not None:
+            prepared = smime.sign(prepared)  # S/MIME first: DKIM signs the final bytes
+        if dkim is not None:
+            prepared = dkim.sign(prepared)
+        return prepared
+
+    @staticmethod
+    def _smime_arg(value: object) -> SmimeSigner | None:
+        if value is None:
+            return None
+        from .signing import SmimeSigner
+
+        if isinstance(value, SmimeSigner):
+            return value
+        if isinstance(value, tuple) and len(value) == 2:
+            return SmimeSigner(value[0], value[1])
+        if isinstance(value, str | bytes | os.PathLike):
+            return SmimeSigner(value)
+        raise ValueError("smime: a PKCS#12 path or bytes, or a (certificate, password) pair")
+
+
+class Transporter(TransporterBase):
+    """A synchronous SMTP transporter (4D ``SMTPTransporter``, WinDev SMTP session).
+
+    Construction does no I/O. ``send()`` and ``check_connection()`` return status objects
+    and never raise for what happens on the wire; ``send()`` raises
+    :class:`~postillon.InvalidMessage` for a message that cannot be sent as given.
+
+    Example::
+
+        t = Transporter("smtp.example.com", 587, user="ann", password="...")
+        status = t.send(Email(from_="ann@example.com", to="bob@example.com",
+                              subject="Hi", text_body="Hello"))
+        status.raise_for_status()
+        t.close()
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int | None = None,
+        *,
+        asynchronous: bool = False,
+        spool: Spool | str | os.PathLike[str] | None = None,
+        **settings: Any,
+    ) -> None:
+        super().__init__(host, port, **settings)
+        self._conn: SyncConnection | None = None
+        self._failed_conn: SyncConnection | None = None
+        self._lock = threading.RLock()
+        self._asynchronous = bool(asynchronous)
+        self._spool: Spool | None = None
+        self._worker: Any = None
+        if asynchronous:
+            if spool is None:
+                raise ValueError("spool: asynchronous=True needs a spool (a path or a Spool)")
+            from .spool import Spool
+
+            self._spool = spool if isinstance(spool, Spool) else Spool(spool)
+        elif spool is not None:
+            raise ValueError("spool: given without asynchronous=True")
+
+    @property
+    def asynchronous(self) -> bool:
+        return self._asynchronous
+
+    @property
+    def spool(self) -> Spool | None:
+        return self._spool
+
+    # -- connection management
+
+    def __enter__(self) -> Transporter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
+
+    def open(self) -> Transporter:
+        """Connect now (WinDev opens the session at once); raise SMTPError on failure."""
+        with self._lock:
+            deadline = time.monotonic() + self._settings.send_timeout
+            self._connection(deadline)
+        return self
+
+    def close(self) -> None:
+        """Send QUIT and close the connection; stop the spool worker (pending mail stays)."""
+        with self._lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                conn.quit(time.monotonic() + self._settings.send_timeout)
+                conn.transcript.close()
+            if self._worker is not None:
+                worker, self._worker = self._worker, None
+                worker.stop()
+
+    def _connection(self, deadline: float) -> tuple[SyncConnection, bool]:
+        """The live connection (reused if still good) or a new one; raises SMTPError."""
+        conn = self._conn
+        if conn is not None:
+            if self._settings.keep_alive and not conn.is_stale():
+                conn.deadline = deadline
+                return conn, True
+            conn.close()
+            self._conn = None
+        s = self._settings
+        transcript = Transcript(s.log_file, f"{s.host}:{s.port}")
+        conn = SyncConnection(self._endpoint, transcript)
+        try:
+            conn.connect(deadline)
+        except SMTPError:
+            conn.close()
+            self._failed_conn = conn
+            raise
+        self._conn = conn
+        return conn, False
+
+    def _done(self) -> None:
+        if not self._settings.keep_alive and self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.quit(time.monotonic() + 5.0)
+
+    # -- public calls
+
+    def check_connection(self) -> Status:
+        """Connect (or reuse the connection), authenticate, NOOP; return the status (4D)."""
+        with self._lock:
+            deadline = time.monotonic() + self._settings.send_timeout
+            conv: Conversation | None = None
+            try:
+                conn, _ = self._connection(deadline)
+                conv = conn.conversation
+                conn.pump(conv.noop())
+                status = check_status(True, conv.last_reply, conv.auth_note)
+            except SMTPError as exc:
+                conv = conv or self._failed_conversation()
+                status = check_status(False, None, exc=exc, stage=conv.stage if conv else "")
+                self._drop()
+            self._done()
+            return status
+
+    def send(
+        self,
+        mail: Message,
+        *,
+        from_: str | None = None,
+        to: Iterable[str] | str | None = None,
+        dsn: Dsn | None = None,
+        require_tls: bool = False,
+        smime: object = None,
+        dkim: DkimSigner | None = None,
+    ) -> SendStatus:
+        """Send one message; return its :class:`SendStatus` (never raises for the wire).
+
+        ``mail`` is an :class:`Email`, a stdlib ``EmailMessage``, a :class:`RawMessage`, or
+        raw bytes with ``from_=`` and ``to=``. ``dsn`` asks for delivery notifications
+        (RFC 3461), ``require_tls`` for REQUIRETLS (RFC 8689).
+        """
+        staged = self._stage(mail, from_, to)
+        signer = self._smime_arg(smime)
+        if self._asynchronous:
+            return self._submit(staged, signer, dkim)
+        opts = SendOptions(dsn=dsn, require_tls=require_tls)
+        return self._run([staged], opts, signer, dkim)[0]
+
+    def send_many(
+        self,
+        mails: Iterable[Message],
+        *,
+        dsn: Dsn | None = None,
+        require_tls: bool = False,
+    ) -> list[SendStatus]:
+        """Send many messages pipelined over one connection; one status per message, in order.
+
+        A message that cannot be sent as given gets a failed status (stage "message")
+        instead of stopping the batch.
+        """
+
+        def staged() -> Iterator[Staged | SendStatus]:
+            for mail in mails:
+                try:
+                    yield self._stage(mail, None, None)
+                except InvalidMessage as exc:
+                    yield _invalid(exc)
+
+        opts = SendOptions(dsn=dsn, require_tls=require_tls)
+        if self._asynchronous:
+            return [
+                s if isinstance(s, SendStatus) else self._submit(s, None, None)
+                for s in staged()
+            ]
+        return self._run(staged(), opts, None, None)
+
+    def email_status(self, mail_id: str) -> SpoolState:
+        """The spool state of a message sent with ``asynchronous=True`` (WinDev EmailStatus)."""
+        if self._spool is None:
+            raise ValueError("mail_id: email_status() needs Transporter(asynchronous=True)")
+        return self._spool.status(mail_id).state
+
+    # -- internals
+
+    def _submit(
+        self, staged: Staged, smime: SmimeSigner | None, dkim: DkimSigner | None
+    ) -> SendStatus:
+        assert self._spool is not None
+        prepared = staged.prepared
+        if prepared is not None:
+            prepared = self._sign(prepared, smime, dkim)
+        mail_id = self._spool.submit(prepared if prepared is not None else staged.original)
+        with self._lock:
+            if self._worker is None:
+                self._worker = self._spool.start(self, workers=1)
+        return SendStatus(
+            success=True,
+            status=0,
+            status_text="queued in the spool",
+            message_id=prepared.message_id if prepared is not None else "",
+            mail_id=mail_id,
+            state=SpoolState.PENDING,
+        )
+
+    def _clone(self) -> Transporter:
+        """A fresh, unconnected transporter with the same settings (one per worker)."""
+        other = Transporter.__new__(Transporter)
+        other._settings = self._settings
+        other._endpoint = self._endpoint
+        other._conn = None
+        other._failed_conn = None
+        other._lock = threading.RLock()
+        other._asynchronous = False
+        other._spool = None
+        other._worker = None
+        return other
+
+    def _send_prepared(self, prepared: Prepared) -> SendStatus:
+        """Send bytes exactly as prepared (the spool's path: no re-render, no re-signing)."""
+        return self._run([Staged(prepared, prepared)], SendOptions(), None, None)[0]
+
+    def _failed_conversation(self) -> Conversation | None:
+        conn, self._failed_conn = self._failed_conn, None
+        return conn.conversation if conn is not None else None
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _run(
+        self,
+        items: Iterable[Staged | SendStatus],
+        opts: SendOptions,
+        smime: SmimeSigner | None,
+        dkim: DkimSigner | None,
+    ) -> list[SendStatus]:
+        batch = Batch(self, items, opts, smime, dkim)
+        with self._lock:
+            while batch.next_head():
+                deadline = time.monotonic() + self._settings.send_timeout
+                try:
+                    conn, reused = self._connection(deadline)
+                except SMTPError as exc:
+                    conv = self._failed_conversation()
+                    batch.connect_failed(exc, conv.stage if conv is not None else "connect")
+                    break
+                before = conn.replies
+                try:
+                    conn.pump(
+                        conn.conversation.transactions(batch.feed(conn.conversation), opts),
+                        batch.on_done(conn),
+                    )
+                except InvalidMessage:
+                    raise  # send() of a message this server cannot take; nothing was sent
+                except SMTPError as exc:
+                    batch.failed(conn.conversation, exc, reused, conn.replies - before)
+                    self._drop()
+                    continue
+                break
+            self._done()
+        return batch.results
+
+
+class Batch:
+    """The orchestration of a send()/send_many() call, shared by both drivers.
+
+    It owns the input, the results in input order, and the decisions after a failure:
+    the messages in flight get their status from :meth:`Conversation.abort`, unless an
+    idle connection died before the server answered anything (then they are retried
+    once on a new connection); a connection that cannot be made fails all that is left.
+    """
+
+    def __init__(
+        self,
+        owner: TransporterBase,
+        items: Iterable[Staged | SendStatus],
+        opts: SendOptions,
+        smime: SmimeSigner | None,
+        dkim: DkimSigner | None,
+    ) -> None:
+        self.owner = owner
+        self.single = isinstance(items, list) and len(items) == 1
+        self.source: Iterator[Staged | SendStatus | Prepared] = iter(items)
+        self.opts = opts
+        self.smime = smime
+        self.dkim = dkim
+        self.results: list[SendStatus] = []
+        self.retried = False
+
+    def next_head(self) -> bool:
+        """Pass through leading statuses; True while a message is left to send."""
+        for head in self.source:
+            if isinstance(head, SendStatus):
+                self.results.append(head)
+                continue
+            self.source = itertools.chain([head], self.source)
+            return True
+        return False
+
+    def connect_failed(self, exc: SMTPError, stage: str) -> None:
+        # The server cannot be reached: every message left fails alike.
+        for item in self.source:
+            if isinstance(item, SendStatus):
+                self.results.append(item)
+            else:
+                prepared = item if isinstance(item, Prepared) else item.prepared
+                self.results.append(failure_status(exc, stage, prepared))
+
+    def feed(self, conv: Conversation) -> Iterator[Prepared | SendStatus]:
+        smtputf8 = conv.capabilities.smtputf8
+        for item in self.source:
+            if isinstance(item, SendStatus | Prepared):
+                yield item  # a status to pass through, or a retry of an untouched message
+                continue
+            try:
+                yield self.owner._final(item, smtputf8, self.smime, self.dkim)
+            except InvalidMessage as exc:
+                if self.single:
+                    raise
+                yield invalid_status(exc, item.prepared or _EMPTY)
+
+    def on_done(self, conn: SyncConnection | Any) -> Callable[[SendStatus], None]:
+        timeout = self.owner._settings.send_timeout
+
+        def done(status: SendStatus) -> None:
+            self.results.append(status)
+            conn.deadline = time.monotonic() + timeout  # each message gets its own time
+
+        return done
+
+    def failed(self, conv: Conversation, exc: SMTPError, reused: bool, replies: int) -> None:
+        """After a failure with ``replies`` read on this call's connection."""
+        # A reused idle connection that died before the server answered anything, or
+        # whose first answer was 421 (it timed the idle session out): nothing reached
+        # the server's queue, so the messages go again, once, on a new connection.
+        closing = isinstance(exc, ReplyError) and exc.code == 421 and replies == 1
+        if reused and (replies == 0 or closing) and not self.retried:
+            self.retried = True
+            again = [fl.message for fl in conv._inflight]
+            conv._inflight.clear()
+            self.source = itertools.chain(again, self.source)
+            return
+        self.results.extend(conv.abort(exc))
+
+
+_EMPTY = Prepared("", (), "", lambda: iter(()))
+
+
+def _invalid(exc: InvalidMessage) -> SendStatus:
+    return invalid_status(exc, _EMPTY)
