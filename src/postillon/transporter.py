@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidMessage, ReplyError, SMTPError
 from .message import CharsetMode, Email, RawMessage, prepare
@@ -52,7 +52,7 @@ __all__ = ["Transporter"]
 
 #: What send() accepts: our Email, a stdlib EmailMessage, a RawMessage, or raw bytes
 #: (with from_= and to=).
-Message = Union[Email, email.message.EmailMessage, RawMessage, bytes]
+Message = Email | email.message.EmailMessage | RawMessage | bytes
 
 _DEFAULT_PORTS = {Security.TLS: 465, Security.STARTTLS: 587, Security.NONE: 25}
 
@@ -360,10 +360,7 @@ class TransporterBase:
     def __repr__(self) -> str:
         s = self._settings
         user = f", user={s.user!r}" if s.user is not None else ""
-        return (
-            f"{type(self).__name__}(host={s.host!r}, port={s.port}, "
-            f"security={s.security}{user})"
-        )
+        return f"{type(self).__name__}(host={s.host!r}, port={s.port}, security={s.security}{user})"
 
     # -- messages
 
@@ -629,8 +626,7 @@ class Transporter(TransporterBase):
         opts = SendOptions(dsn=dsn, require_tls=require_tls)
         if self._asynchronous:
             return [
-                s if isinstance(s, SendStatus) else self._submit(s, None, None)
-                for s in staged()
+                s if isinstance(s, SendStatus) else self._submit(s, None, None) for s in staged()
             ]
         return self._run(staged(), opts, None, None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import ipaddress
@@ -48,7 +49,7 @@ def map_exceptions(host: str, *, connecting: bool = False) -> Iterator[None]:
         yield
     except SMTPError:
         raise
-    except (socket.timeout, TimeoutError) as exc:
+    except builtins.TimeoutError as exc:  # socket.timeout is this builtin
         raise TimeoutError(f"timed out talking to {host}") from exc
     except ssl.SSLError as exc:
         raise tls.describe(exc, host) from exc
