@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.script import SMTP_DEFAULTS, close, expect, read_until, send, sleep, stall, starttls
 
 from postillon import (
     AsyncTransporter,
@@ -29,6 +28,8 @@ from postillon import (
     SendStatus,
     Transporter,
 )
+
+from support.script import SMTP_DEFAULTS, close, expect, read_until, send, sleep, stall, starttls
 
 RAW = b"From: a@x.test\r\nTo: b@x.test\r\nSubject: hi\r\nMessage-ID: <m1@x.test>\r\n\r\nhello\r\n"
 
@@ -149,14 +150,24 @@ def test_connection_refused_is_status_zero(client: Any) -> None:
     assert not chk.success and chk.status == 0
 
 
-def test_check_connection_4d_example(smtpd: Any, client: Any, client_ssl_context: ssl.SSLContext) -> None:
+def test_check_connection_4d_example(
+    smtpd: Any, client: Any, client_ssl_context: ssl.SSLContext
+) -> None:
     # The seeds' 4D example: host, user, password; checkConnection(); success or
     # "Error # status, statusText".
     server = smtpd(tls="starttls", auth=["PLAIN", "LOGIN"], credentials={"test@x.test": "pw"})
-    c = client(server.host, server.port, user="test@x.test", password="pw", ssl_context=client_ssl_context)
+    c = client(
+        server.host, server.port, user="test@x.test", password="pw", ssl_context=client_ssl_context
+    )
     status = c.check_connection()
     assert status.success is True and status.status == 250
-    bad = client(server.host, server.port, user="test@x.test", password="wrong", ssl_context=client_ssl_context)
+    bad = client(
+        server.host,
+        server.port,
+        user="test@x.test",
+        password="wrong",
+        ssl_context=client_ssl_context,
+    )
     status = bad.check_connection()
     assert status.success is False
     assert f"Error # {status.status}, {status.status_text}".startswith("Error # 535")
@@ -165,7 +176,9 @@ def test_check_connection_4d_example(smtpd: Any, client: Any, client_ssl_context
 # ------------------------------------------------------------------------- TLS
 
 
-def test_starttls_and_implicit_tls(smtpd: Any, client: Any, client_ssl_context: ssl.SSLContext) -> None:
+def test_starttls_and_implicit_tls(
+    smtpd: Any, client: Any, client_ssl_context: ssl.SSLContext
+) -> None:
     server = smtpd(tls="starttls", require_starttls=True)
     c = client(server.host, server.port, security=Security.STARTTLS, ssl_context=client_ssl_context)
     assert c.send(raw()).success
@@ -208,10 +221,22 @@ def test_implicit_tls_to_plain_server_says_so(smtpd: Any, client: Any) -> None:
     ],
 )
 def test_ignore_cert_flags_ignore_exactly_their_class(
-    smtpd: Any, client: Any, client_ssl_context: ssl.SSLContext, bad_certs: Any, maker: str, ignore: IgnoreCert, ok: bool
+    smtpd: Any,
+    client: Any,
+    client_ssl_context: ssl.SSLContext,
+    bad_certs: Any,
+    maker: str,
+    ignore: IgnoreCert,
+    ok: bool,
 ) -> None:
     server = smtpd(tls="implicit", ssl_context=getattr(bad_certs, maker)())
-    c = client(server.host, server.port, security=Security.TLS, ssl_context=client_ssl_context, ignore_errors=ignore)
+    c = client(
+        server.host,
+        server.port,
+        security=Security.TLS,
+        ssl_context=client_ssl_context,
+        ignore_errors=ignore,
+    )
     st = c.send(raw())
     assert st.success is ok, st
     if not ok:
@@ -223,11 +248,15 @@ def test_starttls_not_offered(smtpd: Any, client: Any) -> None:
     c = client(server.host, server.port, security=Security.STARTTLS)
     st = c.send(raw())
     assert not st.success and "STARTTLS" in st.errors[0].message
-    ok = client(server.host, server.port, security=Security.STARTTLS, accept_unsecure_connection=True)
+    ok = client(
+        server.host, server.port, security=Security.STARTTLS, accept_unsecure_connection=True
+    )
     assert ok.send(raw()).success
 
 
-def test_starttls_response_injection_is_discarded(script_server: Any, client: Any, client_ssl_context: ssl.SSLContext) -> None:
+def test_starttls_response_injection_is_discarded(
+    script_server: Any, client: Any, client_ssl_context: ssl.SSLContext
+) -> None:
     # CVE-2011-0411 class (security.md 1.8): lines injected after 220 in one segment.
     server = script_server(
         [
@@ -263,10 +292,26 @@ def test_starttls_response_injection_is_discarded(script_server: Any, client: An
 
 
 @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256"])
-def test_auth_each_password_mechanism(smtpd: Any, client: Any, client_ssl_context: ssl.SSLContext, mech: str, log_capture: Any, tmp_path: Path) -> None:
-    server = smtpd(tls="starttls", auth=[mech], credentials={"ann": "s3cr3t-pw"}, auth_required=True)
+def test_auth_each_password_mechanism(
+    smtpd: Any,
+    client: Any,
+    client_ssl_context: ssl.SSLContext,
+    mech: str,
+    log_capture: Any,
+    tmp_path: Path,
+) -> None:
+    server = smtpd(
+        tls="starttls", auth=[mech], credentials={"ann": "s3cr3t-pw"}, auth_required=True
+    )
     log = tmp_path / "smtp.log"
-    c = client(server.host, server.port, user="ann", password="s3cr3t-pw", ssl_context=client_ssl_context, log_file=log)
+    c = client(
+        server.host,
+        server.port,
+        user="ann",
+        password="s3cr3t-pw",
+        ssl_context=client_ssl_context,
+        log_file=log,
+    )
     st = c.send(raw())
     assert st.success, st
     assert server.messages[0].auth_user == "ann"
@@ -274,13 +319,19 @@ def test_auth_each_password_mechanism(smtpd: Any, client: Any, client_ssl_contex
     text = log.read_text()
     assert f"AUTH chosen: {mech}" in text and "C > " in text and "S < " in text
     assert log_capture.secrets_found("s3cr3t-pw", user="ann") == []
-    for secret in ("s3cr3t-pw", base64.b64encode(b"s3cr3t-pw").decode(), base64.b64encode(b"\0ann\0s3cr3t-pw").decode()):
+    for secret in (
+        "s3cr3t-pw",
+        base64.b64encode(b"s3cr3t-pw").decode(),
+        base64.b64encode(b"\0ann\0s3cr3t-pw").decode(),
+    ):
         assert secret not in text
     assert "s3cr3t-pw" not in repr(c.t)
 
 
 @pytest.mark.parametrize("mech", ["XOAUTH2", "OAUTHBEARER"])
-def test_auth_oauth_with_token_provider(smtpd: Any, client: Any, client_ssl_context: ssl.SSLContext, mech: str, tmp_path: Path) -> None:
+def test_auth_oauth_with_token_provider(
+    smtpd: Any, client: Any, client_ssl_context: ssl.SSLContext, mech: str, tmp_path: Path
+) -> None:
     server = smtpd(tls="implicit", auth=[mech], tokens={"ann": "tok-123"}, auth_required=True)
     calls: list[int] = []
 
@@ -289,11 +340,26 @@ def test_auth_oauth_with_token_provider(smtpd: Any, client: Any, client_ssl_cont
         return "tok-123"
 
     log = tmp_path / "smtp.log"
-    c = client(server.host, server.port, security=Security.TLS, user="ann", access_token=provider, ssl_context=client_ssl_context, log_file=log)
+    c = client(
+        server.host,
+        server.port,
+        security=Security.TLS,
+        user="ann",
+        access_token=provider,
+        ssl_context=client_ssl_context,
+        log_file=log,
+    )
     assert c.send(raw()).success
     assert calls == [1]
     assert "tok-123" not in log.read_text()
-    bad = client(server.host, server.port, security=Security.TLS, user="ann", access_token="expired", ssl_context=client_ssl_context)
+    bad = client(
+        server.host,
+        server.port,
+        security=Security.TLS,
+        user="ann",
+        access_token="expired",
+        ssl_context=client_ssl_context,
+    )
     st = bad.send(raw())
     assert not st.success and st.status == 535 and st.stage == "auth"
     with pytest.raises(AuthenticationError):
@@ -306,11 +372,20 @@ def test_auth_never_in_clear(smtpd: Any, client: Any) -> None:
     st = c.send(raw())
     assert not st.success and "unencrypted" in st.errors[0].message
     assert server.auth_attempts == []
-    ok = client(server.host, server.port, security=Security.NONE, user="ann", password="pw", accept_unsecure_connection=True)
+    ok = client(
+        server.host,
+        server.port,
+        security=Security.NONE,
+        user="ann",
+        password="pw",
+        accept_unsecure_connection=True,
+    )
     assert ok.send(raw()).success
 
 
-def test_windev_rule_no_known_mechanism_goes_on(smtpd: Any, client: Any, client_ssl_context: ssl.SSLContext) -> None:
+def test_windev_rule_no_known_mechanism_goes_on(
+    smtpd: Any, client: Any, client_ssl_context: ssl.SSLContext
+) -> None:
     server = smtpd(tls="starttls")
     c = client(server.host, server.port, user="ann", password="pw", ssl_context=client_ssl_context)
     chk = c.check_connection()
@@ -334,7 +409,9 @@ def test_windev_rule_no_known_mechanism_goes_on(smtpd: Any, client: Any, client_
         (("-f", "mail"), 550, "mail"),
     ],
 )
-def test_smtp_sink_fault_switches(smtp_sink: Any, client: Any, switches: tuple[str, str], status: int, stage: str) -> None:
+def test_smtp_sink_fault_switches(
+    smtp_sink: Any, client: Any, switches: tuple[str, str], status: int, stage: str
+) -> None:
     sink = smtp_sink(*switches)
     c = client(sink.host, sink.port, security=Security.NONE)
     st = c.send(raw())
@@ -381,8 +458,12 @@ def _greet(extra: bytes = b"250-mx\r\n250 PIPELINING\r\n") -> list[Any]:
         (b"250-" + b"x" * 9000 + b"\r\n", "protocol"),
     ],
 )
-def test_malformed_reply_to_mail(script_server: Any, client: Any, chunk: str, reply: bytes, component: str) -> None:
-    server = script_server([*_greet(b"250 mx\r\n"), expect(b"MAIL"), send(reply), sleep(0.5), close()], chunk=chunk)
+def test_malformed_reply_to_mail(
+    script_server: Any, client: Any, chunk: str, reply: bytes, component: str
+) -> None:
+    server = script_server(
+        [*_greet(b"250 mx\r\n"), expect(b"MAIL"), send(reply), sleep(0.5), close()], chunk=chunk
+    )
     c = client(server.host, server.port, security=Security.NONE)
     st = c.send(raw())
     assert not st.success and st.status == 0 and st.errors[0].component == component
@@ -398,7 +479,12 @@ def test_reply_without_text_and_bare_lf_accepted(script_server: Any, client: Any
 
 def test_trickling_server_hits_the_send_deadline(script_server: Any, client: Any) -> None:
     server = script_server(
-        [*_greet(b"250 mx\r\n"), expect(b"MAIL"), send(b"250 " + b"o" * 40 + b"\r\n", mode="byte"), stall(10)],
+        [
+            *_greet(b"250 mx\r\n"),
+            expect(b"MAIL"),
+            send(b"250 " + b"o" * 40 + b"\r\n", mode="byte"),
+            stall(10),
+        ],
     )
     c = client(server.host, server.port, security=Security.NONE, send_timeout=0.5)
     began = time.monotonic()
@@ -476,5 +562,10 @@ def test_settings_are_validated_and_secrets_hidden() -> None:
     assert t.port == 587 and t.security is Security.STARTTLS
     assert Transporter("h", 465).security is Security.TLS
     assert Transporter("h", security="none").port == 25
-    assert Transporter("h", authentication_mode="OAUTH2", user="u", access_token="t").authentication_mode is AuthMode.XOAUTH2
+    assert (
+        Transporter(
+            "h", authentication_mode="OAUTH2", user="u", access_token="t"
+        ).authentication_mode
+        is AuthMode.XOAUTH2
+    )
     assert os.environ.get("NEVER_SET_X") is None

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidMessage, ReplyError, SMTPError
+from .errors import InvalidMessage, ReplyError, ServerDisconnected, SMTPError
 from .message import CharsetMode, Email, RawMessage, prepare
 from .message.prepared import Prepared
 from .protocol import commands
@@ -743,6 +743,8 @@ class Batch:
         self.dkim = dkim
         self.results: list[SendStatus] = []
         self.retried = False
+        #: ids of the messages already sent again after a broken connection
+        self.requeued: set[int] = set()
 
     def next_head(self) -> bool:
         """Pass through leading statuses; True while a message is left to send."""
@@ -797,7 +799,21 @@ class Batch:
             conv._inflight.clear()
             self.source = itertools.chain(again, self.source)
             return
+        # A message whose body never left cannot be on the server: it goes once more on
+        # a new connection instead of failing with its neighbour (the connection broke,
+        # not the message). Others, and second failures, get their status.
+        retry = []
+        if isinstance(exc, ServerDisconnected) or (isinstance(exc, ReplyError) and exc.code == 421):
+            retry = [
+                fl
+                for fl in conv._inflight
+                if not fl.body_sent and id(fl.message) not in self.requeued
+            ]
+        conv._inflight = [fl for fl in conv._inflight if fl not in retry]
         self.results.extend(conv.abort(exc))
+        if retry:
+            self.requeued.update(id(fl.message) for fl in retry)
+            self.source = itertools.chain([fl.message for fl in retry], self.source)
 
 
 _EMPTY = Prepared("", (), "", lambda: iter(()))

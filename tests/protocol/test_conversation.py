@@ -7,7 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from postillon.errors import AuthenticationError, ProtocolError, ReplyError, ServerDisconnected, TLSError
+from postillon.errors import (
+    AuthenticationError,
+    ProtocolError,
+    ReplyError,
+    ServerDisconnected,
+    TLSError,
+)
 from postillon.message.prepared import Prepared
 from postillon.protocol.conversation import (
     READ,
@@ -44,7 +50,11 @@ def cfg(**kw: object) -> SessionConfig:
     return SessionConfig(**base)  # type: ignore[arg-type]
 
 
-def msg(body: bytes = b"Subject: x\r\n\r\nhello\r\n", rcpts: tuple[str, ...] = ("b@x.test",), **kw: object) -> Prepared:
+def msg(
+    body: bytes = b"Subject: x\r\n\r\nhello\r\n",
+    rcpts: tuple[str, ...] = ("b@x.test",),
+    **kw: object,
+) -> Prepared:
     return Prepared("a@x.test", rcpts, "<id@x>", lambda: iter([body]), **kw)  # type: ignore[arg-type]
 
 
@@ -187,14 +197,18 @@ def test_starttls_missing_is_an_error_unless_accepted() -> None:
     conv = Conversation(cfg(security=Security.STARTTLS))
     with pytest.raises(TLSError, match="does not offer STARTTLS"):
         Script(conv, [b"220 hi\r\n", EHLO_PLAIN]).run(conv.handshake())
-    conv2, script = opened([EHLO_PLAIN], security=Security.STARTTLS, accept_unsecure_connection=True)
+    conv2, script = opened(
+        [EHLO_PLAIN], security=Security.STARTTLS, accept_unsecure_connection=True
+    )
     assert not conv2.tls_active and script.tls_started == 0
 
 
 def test_starttls_refused() -> None:
     conv = Conversation(cfg(security=Security.STARTTLS))
     with pytest.raises(ReplyError) as err:
-        Script(conv, [b"220 hi\r\n", b"250-mx\r\n250 STARTTLS\r\n", b"454 no tls\r\n"]).run(conv.handshake())
+        Script(conv, [b"220 hi\r\n", b"250-mx\r\n250 STARTTLS\r\n", b"454 no tls\r\n"]).run(
+            conv.handshake()
+        )
     assert err.value.code == 454 and conv.stage == "starttls"
 
 
@@ -222,13 +236,20 @@ def test_auth_plain_inline_and_redacted_log() -> None:
 
 def test_auth_cram_md5_chosen_and_challenge_answered() -> None:
     challenge = base64.b64encode(b"<1896.697170952@postoffice.reston.mci.net>")
-    conv, script = opened([EHLO_FULL, b"334 " + challenge + b"\r\n", b"235 ok\r\n"], security=Security.TLS, user="tim", password="tanstaaftanstaaf")
+    conv, script = opened(
+        [EHLO_FULL, b"334 " + challenge + b"\r\n", b"235 ok\r\n"],
+        security=Security.TLS,
+        user="tim",
+        password="tanstaaftanstaaf",
+    )
     assert conv.auth_mechanism is AuthMode.CRAM_MD5
     assert base64.b64encode(b"tim b913a602c7eda7a495b4e6e7334d3890") in script.written
 
 
 def test_auth_failure_raises_authentication_error() -> None:
-    conv = Conversation(cfg(security=Security.TLS, user="u", password="p", authentication_mode=AuthMode.PLAIN))
+    conv = Conversation(
+        cfg(security=Security.TLS, user="u", password="p", authentication_mode=AuthMode.PLAIN)
+    )
     with pytest.raises(AuthenticationError) as err:
         Script(conv, [b"220 hi\r\n", EHLO_FULL, b"535 5.7.8 bad\r\n"]).run(conv.handshake())
     assert err.value.code == 535 and err.value.enhanced_status == "5.7.8"
@@ -243,18 +264,24 @@ def test_auth_refused_in_clear() -> None:
 
 
 def test_auth_windev_rule_no_known_mechanism() -> None:
-    conv, script = opened([b"250-mx\r\n250 AUTH GSSAPI\r\n"], security=Security.TLS, user="u", password="p")
+    conv, script = opened(
+        [b"250-mx\r\n250 AUTH GSSAPI\r\n"], security=Security.TLS, user="u", password="p"
+    )
     assert conv.auth_note and b"AUTH" not in script.written
 
 
 def test_auth_requested_mechanism_not_offered() -> None:
-    conv = Conversation(cfg(security=Security.TLS, user="u", password="p", authentication_mode=AuthMode.LOGIN))
+    conv = Conversation(
+        cfg(security=Security.TLS, user="u", password="p", authentication_mode=AuthMode.LOGIN)
+    )
     with pytest.raises(AuthenticationError, match="does not offer LOGIN"):
         Script(conv, [b"220 hi\r\n", b"250-mx\r\n250 AUTH PLAIN\r\n"]).run(conv.handshake())
 
 
 def test_auth_bad_challenge_cancels() -> None:
-    conv = Conversation(cfg(security=Security.TLS, user="u", password="p", authentication_mode=AuthMode.LOGIN))
+    conv = Conversation(
+        cfg(security=Security.TLS, user="u", password="p", authentication_mode=AuthMode.LOGIN)
+    )
     script = Script(conv, [b"220 hi\r\n", EHLO_FULL, b"334 !!notbase64\r\n", b"501 cancelled\r\n"])
     with pytest.raises(AuthenticationError):
         script.run(conv.handshake())
@@ -268,8 +295,11 @@ def test_auth_login_and_token_callable() -> None:
         calls.append(1)
         return "tok"
 
-    conv, script = opened(
-        [b"250-mx\r\n250 AUTH XOAUTH2 PLAIN\r\n", b"235 ok\r\n"], security=Security.TLS, user="u", access_token=token
+    conv, _script = opened(
+        [b"250-mx\r\n250 AUTH XOAUTH2 PLAIN\r\n", b"235 ok\r\n"],
+        security=Security.TLS,
+        user="u",
+        access_token=token,
     )
     assert conv.auth_mechanism is AuthMode.XOAUTH2 and calls == [1]
 
@@ -277,14 +307,21 @@ def test_auth_login_and_token_callable() -> None:
 # ------------------------------------------------------------------ transactions
 
 
-def send(conv: Conversation, replies: list[bytes], messages: list[Prepared], opts: SendOptions | None = None) -> Script:
+def send(
+    conv: Conversation,
+    replies: list[bytes],
+    messages: list[Prepared],
+    opts: SendOptions | None = None,
+) -> Script:
     script = Script(conv, replies)
     return script.run(conv.transactions(messages, opts or SendOptions()))
 
 
 def test_pipelined_single_message() -> None:
     conv, _ = opened([EHLO_FULL])
-    script = send(conv, [b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 2.0.0 queued\r\n"], [msg(size=42)])
+    script = send(
+        conv, [b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 2.0.0 queued\r\n"], [msg(size=42)]
+    )
     assert script.written.startswith(b"MAIL FROM:<a@x.test> SIZE=42\r\n")
     assert b"RCPT TO:<b@x.test>\r\nDATA\r\n" in script.written
     assert script.written.endswith(b"hello\r\n.\r\n")
@@ -295,7 +332,14 @@ def test_pipelined_single_message() -> None:
 
 def test_next_envelope_leaves_before_end_of_data_reply() -> None:
     conv, _ = opened([EHLO_PLAIN])
-    script = Script(conv, [b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 one\r\n250 ok\r\n250 ok\r\n354 go\r\n", b"250 two\r\n"])
+    script = Script(
+        conv,
+        [
+            b"250 ok\r\n250 ok\r\n354 go\r\n",
+            b"250 one\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+            b"250 two\r\n",
+        ],
+    )
     order: list[str] = []
     gen = conv.transactions([msg(), msg()], SendOptions())
     answer = None
@@ -327,9 +371,13 @@ def test_next_envelope_leaves_before_end_of_data_reply() -> None:
 
 def test_partial_refusal() -> None:
     conv, _ = opened([EHLO_PLAIN])
-    script = send(conv, [b"250 ok\r\n250 ok\r\n550 5.1.1 nobody\r\n354 go\r\n", b"250 ok\r\n"], [msg(rcpts=("b@x.test", "c@x.test"))])
+    script = send(
+        conv,
+        [b"250 ok\r\n250 ok\r\n550 5.1.1 nobody\r\n354 go\r\n", b"250 ok\r\n"],
+        [msg(rcpts=("b@x.test", "c@x.test"))],
+    )
     (st,) = script.done
-    assert not st.success and st.status == 550 and st.stage is None or st.stage == "rcpt"
+    assert (not st.success and st.status == 550 and st.stage is None) or st.stage == "rcpt"
     assert st.accepted == ["b@x.test"] and st.refused == ["c@x.test"]
     with pytest.raises(Exception) as err:
         st.raise_for_status()
@@ -338,7 +386,9 @@ def test_partial_refusal() -> None:
 
 def test_all_recipients_refused_resets() -> None:
     conv, _ = opened([EHLO_PLAIN])
-    script = send(conv, [b"250 ok\r\n550 no\r\n554 no valid recipients\r\n", b"250 reset\r\n"], [msg()])
+    script = send(
+        conv, [b"250 ok\r\n550 no\r\n554 no valid recipients\r\n", b"250 reset\r\n"], [msg()]
+    )
     (st,) = script.done
     assert not st.success and st.status == 550 and st.stage == "rcpt"
     assert script.written.endswith(b"RSET\r\n")
@@ -415,7 +465,9 @@ def test_without_pipelining_one_command_at_a_time() -> None:
 
 def test_prechecks_refuse_before_mail() -> None:
     conv, _ = opened([b"250-mx\r\n250-PIPELINING\r\n250 SIZE 10\r\n"])
-    script = send(conv, [], [msg(size=11), msg(needs_smtputf8=True), msg(eight_bit=True)], SendOptions())
+    script = send(
+        conv, [], [msg(size=11), msg(needs_smtputf8=True), msg(eight_bit=True)], SendOptions()
+    )
     assert [s.status for s in script.done] == [552, 553, 554]
     assert script.written == b""
     script = send(conv, [], [msg()], SendOptions(require_tls=True))
@@ -456,7 +508,9 @@ def test_status_passthrough_keeps_order() -> None:
 def test_unsolicited_extra_reply_is_protocol_error() -> None:
     conv, _ = opened([EHLO_PLAIN])
     with pytest.raises(ProtocolError, match="nobody asked"):
-        send(conv, [b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 done\r\n250 extra\r\n"], [msg()])  # R11
+        send(
+            conv, [b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 done\r\n250 extra\r\n"], [msg()]
+        )  # R11
 
 
 def test_invalid_envelope_in_batch_fails_alone() -> None:
@@ -480,3 +534,46 @@ def test_noop_reset_quit_and_check_status() -> None:
     Script(conv, []).run(conv.quit())  # a closed session says nothing more
     bad = check_status(False, None, exc=ServerDisconnected("gone"), stage="greeting")
     assert bad.status == 0 and bad.errors[0].component == "disconnected"
+
+
+def test_long_token_goes_after_an_empty_334() -> None:
+    token = "t" * 900  # an OAuth token long enough to push AUTH past 512 octets
+    conv, script = opened(
+        [b"250-mx\r\n250 AUTH XOAUTH2\r\n", b"334 \r\n", b"235 ok\r\n"],
+        security=Security.TLS,
+        user="u",
+        access_token=lambda: token,
+    )
+    first, second = bytes(script.written).split(b"\r\n")[1:3]
+    assert first == b"AUTH XOAUTH2"
+    assert base64.b64decode(second) == b"user=u\x01auth=Bearer " + token.encode() + b"\x01\x01"
+    assert conv.auth_mechanism is AuthMode.XOAUTH2
+
+
+def test_scram_without_server_proof_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import postillon.protocol.sasl as sasl
+
+    nonce = "rOprNGfwEbeRWgbNEkqO"
+    monkeypatch.setattr(sasl.secrets, "token_urlsafe", lambda n: nonce)
+    server_first = (
+        b"r=" + nonce.encode() + b"%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+    )
+    conv = Conversation(
+        cfg(
+            security=Security.TLS,
+            user="user",
+            password="pencil",
+            authentication_mode=AuthMode.SCRAM_SHA_256,
+        )
+    )
+    script = Script(
+        conv,
+        [
+            b"220 hi\r\n",
+            b"250-mx\r\n250 AUTH SCRAM-SHA-256\r\n",
+            b"334 " + base64.b64encode(server_first) + b"\r\n",
+            b"235 ok\r\n",
+        ],
+    )
+    with pytest.raises(AuthenticationError, match="proving"):
+        script.run(conv.handshake())

@@ -380,8 +380,7 @@ def failure_status(
     if isinstance(exc, ReplyError) and exc.code:
         if message is not None:
             recipients = {
-                a: RecipientStatus(exc.code, printable(exc.text), False)
-                for a in message.recipients
+                a: RecipientStatus(exc.code, printable(exc.text), False) for a in message.recipients
             }
         return SendStatus(
             success=False,
@@ -597,31 +596,40 @@ class Conversation:
         )
         initial = next(flow)
         arg = None if initial is sasl.NO_INITIAL else _b64(initial)
+        delayed: str | None = None
+        if arg is not None and not commands.auth_fits(mode.value, arg):
+            # RFC 4954 4: an initial response that would make the line longer than 512
+            # octets (a long OAuth token) goes after an empty 334 instead.
+            arg, delayed = None, arg
         outcome, reply = yield from self._command(
             Cmd.AUTH,
             commands.auth(mode.value, arg),
             f"AUTH {mode.value}" + (" [redacted]" if arg is not None else ""),
         )
+        answered = 0
         while outcome is Outcome.MORE:
-            try:
-                challenge = base64.b64decode(reply.lines[0] if reply.lines else "", validate=True)
-            except (binascii.Error, ValueError):
-                challenge = None
-            answer: bytes | None = None
-            if challenge is not None:
-                try:
-                    answer = flow.send(challenge)
-                except StopIteration:
-                    answer = None
-            if answer is None:
-                # RFC 4954 4: "*" cancels the exchange.
-                yield Write(b"*\r\n", "*")
+            line: bytes | None = None
+            if delayed is not None:
+                line, delayed = commands.auth_response(delayed), None
             else:
-                yield Write(_b64(answer).encode("ascii") + b"\r\n", "[redacted]")
+                try:
+                    challenge = base64.b64decode(
+                        reply.lines[0] if reply.lines else "", validate=True
+                    )
+                    line = commands.auth_response(_b64(flow.send(challenge)))
+                    answered += 1
+                except (binascii.Error, ValueError, StopIteration):
+                    line = None
+            # RFC 4954 4: "*" cancels an exchange we cannot go on with.
+            yield Write(line or commands.SASL_CANCEL, "[redacted]" if line else "*")
             _, outcome, reply = yield from self._read()
         flow.close()
         if outcome is not Outcome.OK:
             raise AuthenticationError(reply.code, reply.text, reply.enhanced)
+        if mode is AuthMode.SCRAM_SHA_256 and answered < 2:
+            # RFC 5802 5: the server proves it knows the password in its final message;
+            # a server that skips it may be an impostor.
+            raise AuthenticationError(0, "the server accepted SCRAM without proving itself")
 
     # -- utility commands
 
@@ -862,4 +870,3 @@ def _replace_recipients(st: SendStatus, recipients: dict[str, RecipientStatus]) 
     from dataclasses import replace
 
     return replace(st, recipients=recipients)
-
