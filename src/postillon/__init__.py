@@ -31,6 +31,7 @@ from .message import (
 )
 from .settings import AuthMode, Dsn, IgnoreCert, Security
 from .signing import DkimSigner
+from .spool import RetryPolicy, Spool, SpoolEntry
 from .status import ErrorInfo, RecipientStatus, SendStatus, SpoolState, Status
 from .transporter import Transporter
 
@@ -55,11 +56,14 @@ __all__ = [
     "RecipientStatus",
     "RecipientsRefused",
     "ReplyError",
+    "RetryPolicy",
     "SMTPError",
     "Security",
     "SendStatus",
     "SenderRefused",
     "ServerDisconnected",
+    "Spool",
+    "SpoolEntry",
     "SpoolState",
     "Status",
     "TLSError",
