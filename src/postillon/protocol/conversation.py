@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
@@ -75,12 +76,42 @@ __all__ = [
 # ---------------------------------------------------------------------------- requests
 
 
-@dataclass(slots=True)
 class Write:
-    """Queue command bytes. ``log`` is the transcript form (secrets redacted)."""
+    """Queue command bytes. ``log`` is the transcript form (secrets redacted).
 
-    data: bytes
-    log: str
+    Without an explicit ``log``, the transcript form is the command text itself, decoded
+    only when a transcript asks for it: with no log on, a pipelined send never pays for
+    it. One Write may carry several command lines (a pipelined envelope): :meth:`lines`
+    gives one transcript line each.
+    """
+
+    __slots__ = ("_log", "data")
+
+    def __init__(self, data: bytes, log: str | None = None) -> None:
+        self.data = data
+        self._log = log
+
+    @property
+    def log(self) -> str:
+        if self._log is not None:
+            return self._log
+        return self.data.decode("utf-8", "replace")
+
+    def lines(self) -> list[str]:
+        """The transcript lines of this write (commands never hold a CR or LF)."""
+        if self._log is not None:
+            return [self._log]
+        return self.data.decode("utf-8", "replace").rstrip("\r\n").split("\r\n")
+
+    def __repr__(self) -> str:
+        return f"Write({self.data!r}, {self._log!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Write):
+            return NotImplemented
+        return self.data == other.data and self.log == other.log
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -299,23 +330,34 @@ def _finish(fl: _InFlight) -> SendStatus:
         assert reply is not None
         recips = {a: _recipient(reply, False) for a in msg.recipients}
         return _reply_status(msg, reply, "mail", recips)
-    recips = {}
-    for addr in msg.recipients:
-        r = fl.rcpts.get(addr)
-        recips[addr] = _recipient(r, r.code in (250, 251)) if r else RecipientStatus(0, "", False)
+    rcpts = fl.rcpts
     accepted = fl.accepted()
     if not accepted:
-        first = next(iter(fl.rcpts.values()))
+        recips = {
+            addr: _recipient(r, False) if (r := rcpts.get(addr)) else RecipientStatus(0, "", False)
+            for addr in msg.recipients
+        }
+        first = next(iter(rcpts.values()))
         return _reply_status(msg, first, "rcpt", recips)
     end = fl.final if fl.final is not None else fl.data
     assert end is not None
-    if end.code != 250:
-        stage = "data"
-        for a in accepted:
-            recips[a] = _recipient(end, False)
-        return _reply_status(msg, end, stage, recips)
-    for a in accepted:
-        recips[a] = _recipient(end, True)
+    ok = end.code == 250
+    # Every accepted recipient ends with the end-of-data reply: one (immutable) status
+    # object serves them all, and a recipient's RCPT reply is only formatted if refused.
+    at_end = _recipient(end, ok)
+    recips = {}
+    for addr in msg.recipients:
+        r = rcpts.get(addr)
+        if r is None:
+            recips[addr] = RecipientStatus(0, "", False)
+        elif r.code in (250, 251):
+            recips[addr] = at_end
+        else:
+            recips[addr] = _recipient(r, False)
+    if not ok:
+        return _reply_status(msg, end, "data", recips)
+    if len(accepted) == len(msg.recipients):
+        return _reply_status(msg, end, "done", recips, success=True)
     refused = [a for a in msg.recipients if not recips[a].accepted]
     if refused:
         first_refused = fl.rcpts[refused[0]]
@@ -441,6 +483,19 @@ def check_status(
     return Status(success=ok, status=reply.code, status_text=text, stage=None if ok else stage)
 
 
+# Command lines are pure functions of their text: a batch to the same envelope (the
+# common case of bulk mail) validates each address once, not once per message. Failures
+# are not cached (lru_cache lets exceptions through), so a bad address is refused every time.
+@functools.lru_cache(maxsize=1024)
+def _mail_line(address: str, params: tuple[str, ...], smtputf8: bool) -> bytes:
+    return commands.mail_from(address, params, smtputf8=smtputf8)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rcpt_line(address: str, params: tuple[str, ...], smtputf8: bool) -> bytes:
+    return commands.rcpt_to(address, params, smtputf8=smtputf8)
+
+
 # ---------------------------------------------------------------------- conversation
 
 
@@ -470,20 +525,27 @@ class Conversation:
 
     def _write(self, cmd: Cmd, data: bytes, log_text: str | None = None) -> Write:
         self.machine.sent(cmd)
-        return Write(data, log_text if log_text is not None else data.decode("utf-8", "replace"))
+        return Write(data, log_text)
+
+    def _took(self, reply: Reply | None, exact: bool = True) -> tuple[Cmd, Outcome]:
+        """Judge a reply just read (the bookkeeping half of :meth:`_read`)."""
+        assert reply is not None
+        self.last_reply = reply
+        machine = self.machine
+        cmd, outcome = machine.received(reply)
+        if exact and not machine.outstanding and self.parser.has_data():
+            # Every outstanding command is answered, yet bytes remain: a duplicated or
+            # unsolicited reply. Pairing it with the next command would desynchronise
+            # the session (security.md 1.12), so the connection is given up.
+            raise ProtocolError("the server sent a reply nobody asked for")
+        return cmd, outcome
 
     def _read(
         self, *, exact: bool = True
     ) -> Generator[Request, Reply | None, tuple[Cmd, Outcome, Reply]]:
         reply = yield READ
+        cmd, outcome = self._took(reply, exact)
         assert reply is not None
-        self.last_reply = reply
-        cmd, outcome = self.machine.received(reply)
-        if exact and not self.machine.outstanding and self.parser.has_data():
-            # Every outstanding command is answered, yet bytes remain: a duplicated or
-            # unsolicited reply. Pairing it with the next command would desynchronise
-            # the session (security.md 1.12), so the connection is given up.
-            raise ProtocolError("the server sent a reply nobody asked for")
         return cmd, outcome, reply
 
     def _command(
@@ -689,7 +751,8 @@ class Conversation:
         params: list[str] = []
         if caps.has("SIZE") and msg.size is not None:
             params.append(commands.esmtp_param("SIZE", str(msg.size)))
-        if msg.eight_bit:
+        if msg.eight_bit or (utf8 and caps.eightbitmime):
+            # RFC 6531 3.4: UTF-8 headers are 8-bit content, declared as such.
             params.append(commands.esmtp_param("BODY", "8BITMIME"))
         if utf8:
             params.append(commands.esmtp_param("SMTPUTF8"))
@@ -701,7 +764,7 @@ class Conversation:
                 params.append(commands.esmtp_param("RET", dsn.ret))
             if dsn.envid:
                 params.append(commands.esmtp_param("ENVID", commands.xtext(dsn.envid)))
-        out = [(Cmd.MAIL, commands.mail_from(msg.mail_from, params, smtputf8=utf8), "")]
+        out = [(Cmd.MAIL, _mail_line(msg.mail_from, tuple(params), utf8), "")]
         rparams: list[str] = []
         if dsn is not None and dsn.notify:
             rparams.append(commands.esmtp_param("NOTIFY", ",".join(dsn.notify)))
@@ -710,7 +773,7 @@ class Conversation:
             if dsn is not None and rcpt.isascii():
                 extra.append(commands.esmtp_param("ORCPT", "rfc822;" + commands.xtext(rcpt)))
             try:
-                line = commands.rcpt_to(rcpt, extra, smtputf8=utf8)
+                line = _rcpt_line(rcpt, tuple(extra), utf8)
             except InvalidMessage as exc:
                 raise InvalidMessage(exc.message, f"to[{i}]") from None
             out.append((Cmd.RCPT, line, ""))
@@ -755,13 +818,22 @@ class Conversation:
                 envelope.append((Cmd.DATA, commands.DATA, ""))
             self.stage = "mail"
             if pipelining:
+                # RFC 2920 3.1: MAIL, every RCPT and DATA go as one group; the driver
+                # queues them behind the previous body and sends all in one write.
+                sent = self.machine.sent
                 for cmd, data, _ in envelope:
-                    yield self._write(cmd, data)
+                    sent(cmd)
+                    yield Write(data)
                 if pending is not None:
                     yield from self._end(pending)
                     pending = None
+                # The replies are read here rather than through _envelope_reply: this is
+                # the hot loop of a bulk send, and each nested generator costs a frame.
                 for cmd, _, _ in envelope:
-                    yield from self._envelope_reply(fl, cmd)
+                    reply = yield READ
+                    self._took(reply)
+                    assert reply is not None
+                    self._record(fl, cmd, reply)
             else:
                 if pending is not None:  # pragma: no cover - only pipelined sends leave one
                     yield from self._end(pending)
@@ -813,6 +885,10 @@ class Conversation:
 
     def _envelope_reply(self, fl: _InFlight, cmd: Cmd) -> Flow:
         _, _outcome, reply = yield from self._read()
+        self._record(fl, cmd, reply)
+
+    def _record(self, fl: _InFlight, cmd: Cmd, reply: Reply) -> None:
+        """Store the reply to one envelope command of ``fl`` (421: the session ends)."""
         if cmd is Cmd.MAIL:
             fl.mail = reply
             fl.stage = "rcpt"
@@ -827,7 +903,9 @@ class Conversation:
         """Read the end-of-data (or every BDAT) reply of a message and report it."""
         final: Reply | None = None
         for _ in range(max(fl.bdat_commands, 1)):
-            _, _outcome, reply = yield from self._read()
+            reply = yield READ
+            self._took(reply)
+            assert reply is not None
             if final is None or final.code == 250:
                 final = reply  # the first failure wins, else the last success
             if reply.code == 421:
