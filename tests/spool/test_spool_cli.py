@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import make_prepared
+from spool_helpers import make_prepared
+
 from postillon.cli import main
 from postillon.spool import Spool, SpoolState
 
@@ -49,7 +50,7 @@ def test_run_with_wrong_password_exits_1_and_keeps_mail(
     with Spool(db) as spool:
         [mail_id] = spool.submit_many([make_prepared()])
     r = cli("spool", "run", "--spool", db, "--host", "127.0.0.1", "--port", str(server.port),
-            "--security", "none", "--user", "alice", "--until-empty",
+            "--security", "none", "--insecure-accept-unencrypted", "--user", "alice", "--until-empty",
             env={"POSTILLON_PASSWORD": "pw-that-must-not-show"})  # fmt: skip
     assert r.returncode == 1
     assert "535" in r.stderr and "pw-that-must-not-show" not in r.stderr + r.stdout

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import make_prepared
+from spool_helpers import make_prepared
+
 from postillon.spool import Spool, SpoolState
 
 N_MESSAGES = 1000

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from spool_helpers import make_prepared, transporter_for
 
-from conftest import make_prepared, transporter_for
 from postillon.spool import RetryPolicy, Spool, SpoolState
 
 from support.smtpd import Fault

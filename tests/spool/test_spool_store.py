@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from spool_helpers import make_prepared
 
-from conftest import make_prepared
 from postillon.errors import InvalidMessage
 from postillon.spool import Spool, SpoolState
 from postillon.spool._model import Decision

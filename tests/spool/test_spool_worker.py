@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 
 import pytest
+from spool_helpers import FakeSender, make_prepared, ok_status
 
-from conftest import FakeSender, make_prepared, ok_status
 from postillon.errors import InvalidMessage
 from postillon.message.prepared import Prepared
 from postillon.spool import RetryPolicy, RunStats, Spool, SpoolState

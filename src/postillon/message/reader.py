@@ -68,7 +68,8 @@ def _addresses(msg: Message, name: str) -> list[Address]:
         return [
             a
             for value in raw
-            for a in decode_received(re.sub(r"\r?\n(?=[ \t])", "", str(value)), name)
+            # RFC 6532: raw UTF-8 header bytes reach us surrogate-escaped; decode them
+            for a in decode_received(re.sub(r"\r?\n(?=[ \t])", "", _utf8(value)), name)
         ]
     except (InvalidMessage, LookupError, ValueError):
         pass  # groups, obsolete syntax, unknown charsets: the stdlib's lenient parse
@@ -81,6 +82,10 @@ def _addresses(msg: Message, name: str) -> list[Address]:
                 # a received mail may hold anything; one bad address does not lose the rest
                 log.warning("from_mime: %s address skipped (%s)", name, exc.message)
     return out
+
+
+def _utf8(value: object) -> str:
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _ids(value: Any) -> list[str]:
