@@ -16,6 +16,7 @@ from postillon.errors import (
 )
 from postillon.message.prepared import Prepared
 from postillon.protocol.conversation import (
+    FLUSH,
     READ,
     START_TLS,
     TABLE,
@@ -92,6 +93,8 @@ class Script:
                 answer = reply
             elif req is START_TLS:
                 self.tls_started += 1
+            elif req is FLUSH:
+                pass
             elif isinstance(req, Done):
                 self.done.append(req.status)
             else:  # pragma: no cover

@@ -39,6 +39,8 @@ MAX_ADDRESS_FIELD = 100_000
 #: RFC 5321 4.5.3.1.1 / 4.5.3.1.2: local part 64 octets, domain 255 octets
 MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
+#: RFC 5321 4.5.3.1.3: reverse- or forward-path 256 octets, "<" and ">" included
+MAX_ADDR_SPEC = 254
 #: comment nesting is counted, never recursed; anything deeper is refused
 MAX_COMMENT_DEPTH = 32
 
@@ -347,7 +349,11 @@ def _spec_from_tokens(tokens: list[_Token], field: str) -> tuple[str, str]:
         if not any(t.kind == _AT for t in tokens):
             raise InvalidMessage("not an email address (no '@')", field)
         raise InvalidMessage("malformed address", field)
-    return _local_from_token(tokens[0], field), _domain_from_token(tokens[2], field)
+    local, domain = _local_from_token(tokens[0], field), _domain_from_token(tokens[2], field)
+    if len(local.encode("utf-8")) + 1 + len(domain.encode("utf-8")) > MAX_ADDR_SPEC:
+        # RFC 5321 4.5.3.1.3: a path is at most 256 octets with its angle brackets
+        raise InvalidMessage(f"address longer than {MAX_ADDR_SPEC} octets", field)
+    return local, domain
 
 
 def _parse_addr_spec(text: str, field: str) -> tuple[str, str]:

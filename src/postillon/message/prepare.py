@@ -17,6 +17,7 @@ import re
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from email import errors
 from email import policy as email_policy
 from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
@@ -29,7 +30,7 @@ from .address import Address, parse_addresses
 from .charset import MAX_LINE, CharsetMode
 from .model import Email, RawMessage
 from .prepared import Prepared
-from .writer import CHUNK_SIZE, _Builder, plan_email
+from .writer import CHUNK_SIZE, MAX_DEPTH, _Builder, plan_email
 
 __all__ = ["prepare"]
 
@@ -138,16 +139,21 @@ def _prepare_raw(raw: RawMessage, smtputf8: bool) -> Prepared:
         smtputf8,
         null_origin=True,
     )
-    head = raw.data[: raw.data.find(b"\r\n\r\n") if b"\r\n\r\n" in raw.data else 200_000]
+    data = raw.data
+    end = data.find(b"\r\n\r\n")  # one scan for the end of the header block
+    head = data[:end] if end >= 0 else data[:200_000]
     found = _MSG_ID_LINE.search(head)
     message_id = found.group(1).decode("ascii", "replace") if found else ""
-    eight_bit = not raw.data.isascii()
-    data = raw.data
+    eight_bit = not data.isascii()
+    # A message that fits one chunk is handed over as is: no generator, no copy (the
+    # common case of a bulk send; bytes are immutable, so sharing them is safe).
+    one_chunk = (data,) if data else ()
+    source = (lambda: one_chunk) if len(data) <= CHUNK_SIZE else (lambda: _bytes_source(data))
     return Prepared(
         mail_from=mail_from,
         recipients=recipients,
         message_id=message_id,
-        source=lambda: _bytes_source(data),
+        source=source,
         size=len(data),
         needs_smtputf8=smtputf8 and (env_utf8 or not head.isascii()),
         eight_bit=eight_bit,
@@ -161,6 +167,16 @@ def _header_addresses(msg: Message, name: str) -> list[Address]:
     for header in msg.get_all(name, []):
         found = getattr(header, "addresses", None)
         if found is not None:
+            # The stdlib parses leniently: "user@good.com(x)evil.com" comes back as
+            # "user@good.com" plus an InvalidHeaderDefect, while the header goes out as
+            # written. An address list it had to guess at must not pick the envelope
+            # (security.md 1.4: header and envelope from one strict parse).
+            if any(
+                isinstance(d, errors.InvalidHeaderDefect) for d in getattr(header, "defects", ())
+            ):
+                raise InvalidMessage(
+                    "the address list does not parse cleanly (RFC 5322 3.4)", name.lower()
+                )
             for a in found:
                 try:
                     out.append(Address(a.display_name or "", a.addr_spec))
@@ -231,7 +247,22 @@ _ADDRESS_FIELDS = (
 _STRIPPED = frozenset({b"bcc", b"from", b"sender", b"reply-to", b"to", b"cc"})
 
 
+def _check_stdlib_depth(msg: Message) -> None:
+    # The stdlib generator recurses once per nesting level, so a deep tree would end in
+    # a RecursionError: refuse what our own writer would not produce (security.md 3.6
+    # row 30), walking iteratively.
+    stack: list[tuple[Message, int]] = [(msg, 0)]
+    while stack:
+        part, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidMessage(f"MIME nested deeper than {MAX_DEPTH} levels", "message")
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack.extend((p, depth + 1) for p in payload if isinstance(p, Message))
+
+
 def _prepare_stdlib(msg: Message, smtputf8: bool) -> Prepared:
+    _check_stdlib_depth(msg)
     _check_stdlib_headers(msg)
     senders = _header_addresses(msg, "Sender")
     froms = _header_addresses(msg, "From")
@@ -248,7 +279,7 @@ def _prepare_stdlib(msg: Message, smtputf8: bool) -> Prepared:
     buf = BytesIO()
     try:
         BytesGenerator(buf, policy=policy).flatten(msg)  # type: ignore[arg-type]
-    except (ValueError, TypeError, UnicodeError, LookupError) as exc:
+    except (ValueError, TypeError, UnicodeError, LookupError, RecursionError) as exc:
         raise InvalidMessage(f"cannot serialise the message ({exc})", "message") from None
     data = buf.getvalue()
     split = data.find(b"\r\n\r\n")

@@ -40,6 +40,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from ..errors import (
     AuthenticationError,
@@ -120,6 +121,8 @@ class WriteBody:
 
     chunks: Iterable[bytes]
     message: Prepared
+    #: each chunk starts with its "BDAT n [LAST]" command line (for the transcript)
+    bdat: bool = False
 
 
 class _Read:
@@ -136,8 +139,17 @@ class _StartTLS:
         return "START_TLS"
 
 
+class _Flush:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FLUSH"
+
+
 READ = _Read()
 START_TLS = _StartTLS()
+#: send what is queued now; the driver then does its idle work (no reply is read)
+FLUSH = _Flush()
 
 
 @dataclass(slots=True)
@@ -147,7 +159,7 @@ class Done:
     status: SendStatus
 
 
-Request = Write | WriteBody | _Read | _StartTLS | Done
+Request = Write | WriteBody | _Read | _Flush | _StartTLS | Done
 Flow = Generator[Request, Reply | None, None]
 
 
@@ -163,6 +175,10 @@ class State(enum.Enum):
     RCPT = "rcpt"  # at least one RCPT accepted
     DATA = "data"  # 354 received: the body is being sent
     CLOSED = "closed"  # QUIT answered, or the server said 421
+
+    # Members are singletons compared by identity, so the identity hash is consistent;
+    # Enum's own __hash__ is Python code, and TABLE is looked up for every reply.
+    __hash__ = object.__hash__
 
 
 class Cmd(enum.Enum):
@@ -180,6 +196,8 @@ class Cmd(enum.Enum):
     RSET = "RSET"
     NOOP = "NOOP"
     QUIT = "QUIT"
+
+    __hash__ = object.__hash__  # see State
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,13 +331,20 @@ class _InFlight:
     final: Reply | None = None
     body_sent: bool = False
     bdat_commands: int = 0
+    #: the DATA wire bytes, encoded ahead of the 354 by :meth:`Conversation.idle`
+    wire: tuple[bytes, ...] | None = None
 
     def accepted(self) -> list[str]:
         return [a for a, r in self.rcpts.items() if r.code in (250, 251)]
 
 
+def _shown(text: str) -> str:
+    """A reply's text for a status: its lines joined by a space, controls escaped."""
+    return printable(text.replace("\n", " "))
+
+
 def _recipient(reply: Reply, accepted: bool) -> RecipientStatus:
-    return RecipientStatus(reply.code, printable(reply.text), accepted)
+    return RecipientStatus(reply.code, _shown(reply.text), accepted)
 
 
 def _finish(fl: _InFlight) -> SendStatus:
@@ -344,7 +369,8 @@ def _finish(fl: _InFlight) -> SendStatus:
     ok = end.code == 250
     # Every accepted recipient ends with the end-of-data reply: one (immutable) status
     # object serves them all, and a recipient's RCPT reply is only formatted if refused.
-    at_end = _recipient(end, ok)
+    end_text = _shown(end.text)
+    at_end = RecipientStatus(end.code, end_text, ok)
     recips = {}
     for addr in msg.recipients:
         r = rcpts.get(addr)
@@ -357,7 +383,15 @@ def _finish(fl: _InFlight) -> SendStatus:
     if not ok:
         return _reply_status(msg, end, "data", recips)
     if len(accepted) == len(msg.recipients):
-        return _reply_status(msg, end, "done", recips, success=True)
+        return SendStatus(
+            success=True,
+            status=end.code,
+            status_text=end_text,
+            stage=None,
+            enhanced_status=end.enhanced,
+            message_id=msg.message_id,
+            recipients=recips,
+        )
     refused = [a for a in msg.recipients if not recips[a].accepted]
     if refused:
         first_refused = fl.rcpts[refused[0]]
@@ -376,7 +410,7 @@ def _reply_status(
     return SendStatus(
         success=success,
         status=reply.code,
-        status_text=printable(reply.text),
+        status_text=_shown(reply.text),
         stage=None if success else stage,
         enhanced_status=reply.enhanced,
         message_id=msg.message_id,
@@ -422,12 +456,12 @@ def failure_status(
     if isinstance(exc, ReplyError) and exc.code:
         if message is not None:
             recipients = {
-                a: RecipientStatus(exc.code, printable(exc.text), False) for a in message.recipients
+                a: RecipientStatus(exc.code, _shown(exc.text), False) for a in message.recipients
             }
         return SendStatus(
             success=False,
             status=exc.code,
-            status_text=printable(exc.text),
+            status_text=_shown(exc.text),
             stage=stage,
             enhanced_status=exc.enhanced_status,
             message_id=message.message_id if message else "",
@@ -477,10 +511,14 @@ def check_status(
             stage=stage,
         )
     assert reply is not None
-    text = printable(reply.text)
+    text = _shown(reply.text)
     if note:
         text = f"{text} ({note})" if text else note
     return Status(success=ok, status=reply.code, status_text=text, stage=None if ok else stage)
+
+
+#: largest body :meth:`Conversation.idle` encodes ahead (the driver's write block)
+_AHEAD = 65536
 
 
 # Command lines are pure functions of their text: a batch to the same envelope (the
@@ -520,6 +558,12 @@ class Conversation:
         self._inflight: list[_InFlight] = []
         #: called with the transcript events that are not wire lines
         self.on_event: Callable[[str], None] = lambda _text: None
+        #: a message whose envelope is on its way and whose body may be encoded ahead
+        self._encode_ahead: _InFlight | None = None
+        #: messages whose final reply is read and whose status is not yet reported: a
+        #: pipelined send builds those statuses after its next write, while the server
+        #: works, rather than between the server's replies and that write
+        self._unreported: list[_InFlight] = []
 
     # -- low-level steps
 
@@ -719,6 +763,26 @@ class Conversation:
 
     # -- transactions
 
+    def idle(self) -> None:
+        """Work to do while the server answers (drivers call it after a write leaves).
+
+        The body of the message whose envelope was just sent is dot-stuffed now, so that
+        when the 354 comes it goes at once: this moves the encoding off the path between
+        the server's replies and our next write. Only small bodies held in memory (no
+        file to read, bounded size); anything else is encoded as it is sent. Calling it
+        is optional: the bytes on the wire are the same either way.
+        """
+        fl = self._encode_ahead
+        if fl is None:
+            return
+        self._encode_ahead = None
+        msg = fl.message
+        if fl.wire is None and msg.in_memory and msg.size is not None and msg.size <= _AHEAD:
+            try:
+                fl.wire = (b"".join(data_stream(msg.chunks())),)
+            except Exception:  # met again, in its place, when it is sent lazily
+                fl.wire = None
+
     def _precheck(self, msg: Prepared, opts: SendOptions) -> SendStatus | None:
         caps = self.capabilities
         limit = caps.size
@@ -791,27 +855,60 @@ class Conversation:
         caps = self.capabilities
         pipelining = caps.pipelining
         chunking = caps.chunking
+        # The capabilities do not change during the transactions: what the checks of
+        # every message read from them is read once here (some are parsed properties).
+        size_limit = caps.size
+        has_size = caps.has("SIZE")
+        smtputf8_ok = caps.smtputf8
+        eightbit_ok = caps.eightbitmime
+        requiretls_ok = self.tls_active and caps.requiretls
+        # Envelopes already built in this call, by everything they depend on (the options
+        # are the same for the whole call): a bulk send to one envelope builds it once.
+        envelopes: dict[tuple[object, ...], list[tuple[Cmd, bytes, str]]] = {}
         pending: _InFlight | None = None
         for msg in messages:
             if isinstance(msg, SendStatus):
                 status: SendStatus | None = msg
+            elif (
+                (size_limit and msg.size is not None and msg.size > size_limit)
+                or (msg.needs_smtputf8 and not smtputf8_ok)
+                or (msg.eight_bit and not eightbit_ok)
+                or (opts.require_tls and not requiretls_ok)
+            ):
+                status = self._precheck(msg, opts)  # builds the refusal
             else:
-                status = self._precheck(msg, opts)
+                status = None
             envelope: list[tuple[Cmd, bytes, str]] = []
             if status is None:
-                assert isinstance(msg, Prepared)
-                try:
-                    envelope = self._envelope(msg, opts)
-                except InvalidMessage as exc:
-                    # In a batch, one bad envelope fails alone; the others go on.
-                    status = invalid_status(exc, msg)
+                assert not isinstance(msg, SendStatus)
+                key = (
+                    msg.mail_from,
+                    msg.recipients,
+                    msg.size if has_size else None,
+                    msg.eight_bit,
+                    msg.needs_smtputf8,
+                )
+                cached = envelopes.get(key)
+                if cached is not None:
+                    envelope = list(cached)
+                else:
+                    try:
+                        envelope = self._envelope(msg, opts)
+                    except InvalidMessage as exc:
+                        # In a batch, one bad envelope fails alone; the others go on.
+                        status = invalid_status(exc, msg)
+                    else:
+                        if len(envelopes) >= 256:
+                            envelopes.clear()
+                        envelopes[key] = list(envelope)
             if status is not None:
                 if pending is not None:
                     yield from self._end(pending)
                     pending = None
+                yield from self._report()
                 yield Done(status)
                 continue
-            assert isinstance(msg, Prepared)
+            msg = cast(Prepared, msg)  # a status was passed through above
             fl = _InFlight(msg)
             self._inflight.append(fl)
             if not chunking:
@@ -824,15 +921,21 @@ class Conversation:
                 for cmd, data, _ in envelope:
                     sent(cmd)
                     yield Write(data)
+                if not chunking:
+                    self._encode_ahead = fl
                 if pending is not None:
-                    yield from self._end(pending)
+                    if self._unreported:
+                        # The body before and this envelope leave now; the statuses of
+                        # earlier messages are built while the server reads them.
+                        yield FLUSH
+                        yield from self._report()
+                    yield from self._end(pending, defer=True)
                     pending = None
                 # The replies are read here rather than through _envelope_reply: this is
                 # the hot loop of a bulk send, and each nested generator costs a frame.
                 for cmd, _, _ in envelope:
-                    reply = yield READ
+                    reply = cast(Reply, (yield READ))
                     self._took(reply)
-                    assert reply is not None
                     self._record(fl, cmd, reply)
             else:
                 if pending is not None:  # pragma: no cover - only pipelined sends leave one
@@ -849,7 +952,7 @@ class Conversation:
                 if fl.accepted():
                     fl.stage = "data"
                     stream = BdatStream(msg.chunks())
-                    yield WriteBody(stream, msg)
+                    yield WriteBody(stream, msg, bdat=True)
                     fl.body_sent = True
                     fl.bdat_commands = stream.commands
                     for _ in range(stream.commands - 1):
@@ -863,7 +966,8 @@ class Conversation:
             elif fl.data is not None and fl.data.code == 354:
                 fl.stage = "data"
                 if fl.accepted():
-                    yield WriteBody(data_stream(msg.chunks()), msg)
+                    wire = fl.wire
+                    yield WriteBody(wire if wire is not None else data_stream(msg.chunks()), msg)
                 else:  # RFC 2920 3.1: DATA accepted with no recipient: end it empty.
                     yield Write(b".\r\n", ".")
                 fl.body_sent = True
@@ -879,9 +983,11 @@ class Conversation:
                 if outcome is not Outcome.OK:
                     raise ReplyError(reply.code, reply.text, reply.enhanced)
             self._inflight.remove(fl)
+            yield from self._report()
             yield Done(_finish(fl))
         if pending is not None:
             yield from self._end(pending)
+        yield from self._report()
 
     def _envelope_reply(self, fl: _InFlight, cmd: Cmd) -> Flow:
         _, _outcome, reply = yield from self._read()
@@ -899,22 +1005,32 @@ class Conversation:
         if reply.code == 421:
             self._closing(reply)
 
-    def _end(self, fl: _InFlight) -> Flow:
-        """Read the end-of-data (or every BDAT) reply of a message and report it."""
+    def _end(self, fl: _InFlight, *, defer: bool = False) -> Flow:
+        """Read the end-of-data (or every BDAT) reply of a message and report it.
+
+        With ``defer`` the report waits for :meth:`_report` (after the next write).
+        """
         final: Reply | None = None
         for _ in range(max(fl.bdat_commands, 1)):
-            reply = yield READ
+            reply = cast(Reply, (yield READ))
             self._took(reply)
-            assert reply is not None
             if final is None or final.code == 250:
                 final = reply  # the first failure wins, else the last success
             if reply.code == 421:
                 break
         fl.final = final
         self._inflight.remove(fl)
-        yield Done(_finish(fl))
+        self._unreported.append(fl)
         if final is not None and final.code == 421:
-            self._closing(final)
+            self._closing(final)  # abort() reports it, with the others
+        if not defer:
+            yield from self._report()
+
+    def _report(self) -> Flow:
+        """Report the messages whose final reply is read, in order."""
+        unreported = self._unreported
+        while unreported:
+            yield Done(_finish(unreported.pop(0)))
 
     def _closing(self, reply: Reply) -> None:
         # The server is closing (421): every message still in flight ends with this reply.
@@ -922,8 +1038,12 @@ class Conversation:
         raise ReplyError(reply.code, reply.text, reply.enhanced)
 
     def abort(self, exc: SMTPError) -> list[SendStatus]:
-        """Statuses for every message still in flight when the session failed."""
-        out = []
+        """Statuses for every message still in flight when the session failed.
+
+        Messages already answered but not yet reported come first, with their answer.
+        """
+        out = [_finish(fl) for fl in self._unreported]
+        self._unreported.clear()
         for fl in self._inflight:
             if isinstance(exc, ReplyError) and exc.code:
                 st = failure_status(exc, fl.stage, fl.message)
@@ -940,6 +1060,7 @@ class Conversation:
                 st = _replace_recipients(st, recips)
             out.append(st)
         self._inflight.clear()
+        self._encode_ahead = None
         self.machine.state = State.CLOSED
         return out
 

@@ -19,7 +19,9 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
+from typing import cast
 
 from ..errors import InvalidMessage
 from .commands import bdat
@@ -174,11 +176,48 @@ def data_stream(chunks: Iterable[bytes], block: int = 65536) -> Iterator[bytes]:
     return _data_stream(chunks, block)
 
 
+def _stuff_one(chunk: bytes) -> tuple[bytes, bytes]:
+    """:func:`dot_stuff` of a message that came in one chunk, without an encoder object:
+    the stuffed text and the tail (terminator, after a CRLF if the last line is open).
+
+    The same steps as :meth:`DataEncoder.feed` then :meth:`DataEncoder.finish` on one
+    chunk: canonical line endings, a dot before every line that starts with one.
+    """
+    if chunk.endswith(_CR):
+        # A message that ends in a bare CR: that CR is a line break.
+        out = canonicalize(chunk[:-1]).replace(b"\r\n.", b"\r\n..")
+        tail = _CRLF + _TERMINATOR
+    else:
+        # RFC 5321 4.5.2: a line that starts with "." gets one more.
+        out = canonicalize(chunk).replace(b"\r\n.", b"\r\n..")
+        tail = _TERMINATOR if not out or out.endswith(_CRLF) else _CRLF + _TERMINATOR
+    if out.startswith(b"."):
+        out = b"." + out
+    return out, tail
+
+
+_NOTHING = object()
+
+
 def _data_stream(chunks: Iterable[bytes], block: int) -> Iterator[bytes]:
+    it = iter(chunks)
+    first = next(it, _NOTHING)
+    second = next(it, _NOTHING) if first is not _NOTHING else _NOTHING
+    if second is _NOTHING:
+        # Fast path: the whole message came in one chunk (a small in-memory message, the
+        # bulk of a bulk send): one pass of bytes methods and no encoder. The outputs are
+        # those of the general loop below: one if short, else the text then the tail.
+        out, tail = _stuff_one(_as_bytes(first)) if first is not _NOTHING else (b"", _TERMINATOR)
+        if len(out) >= block:
+            yield out
+            yield tail
+        else:
+            yield out + tail
+        return
     encoder = DataEncoder()
     pending: list[bytes] = []
     size = 0
-    for chunk in chunks:
+    for chunk in cast(Iterator[bytes], itertools.chain((first, second), it)):
         out = encoder.feed(chunk)
         if len(out) >= block:
             if pending:

@@ -49,6 +49,10 @@ MAX_REPLY_LINES = 1000
 _ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |\Z)")
 _ENHANCED_ONLY = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 
+#: single-line replies remembered per parser, and the longest line worth remembering
+_CACHE_SIZE = 64
+_CACHED_LINE = 256
+
 _DIGIT_0 = 0x30
 _HYPHEN = 0x2D
 _SPACE = 0x20
@@ -135,6 +139,7 @@ class ReplyParser:
     """
 
     __slots__ = (
+        "_cache",
         "_code",
         "_error",
         "_lines",
@@ -177,6 +182,11 @@ class ReplyParser:
         # the first error met; once set, everything after it is dropped
         self._error: ProtocolError | None = None
         self._spoiled = 0  # octets dropped after the error
+        # Single-line replies already parsed, by their exact octets (terminator included).
+        # A server repeats the same few lines ("250 2.1.0 Ok", "354 ..."), and a Reply is
+        # immutable, so sharing one is safe; the checks a line passed depend only on its
+        # octets and this parser's limits, so a hit is exactly what parsing would give.
+        self._cache: dict[bytes, Reply] = {}
 
     # -- input -------------------------------------------------------------------------
 
@@ -215,6 +225,13 @@ class ReplyParser:
             else:
                 line = data[pos : nl + 1]
             pos = nl + 1
+            if not self._lines:
+                # Fast path: a single-line reply seen before (no decode, regex or object).
+                cached = self._cache.get(line)
+                if cached is not None:
+                    self._ready.append(cached)
+                    self._sizes.append(len(line))
+                    continue
             try:
                 good = self._take_line(line)
             except ProtocolError:
@@ -259,7 +276,10 @@ class ReplyParser:
         self._lines.append(body[4:].decode("utf-8", "replace"))
         if n > 3 and body[3] == _HYPHEN:
             return True
-        self._ready.append(_make_reply(code, self._lines))
+        reply = _make_reply(code, self._lines)
+        if len(self._lines) == 1 and size <= _CACHED_LINE and len(self._cache) < _CACHE_SIZE:
+            self._cache[line] = reply
+        self._ready.append(reply)
         self._sizes.append(self._reply_octets)
         self._lines = []
         self._reply_octets = 0
@@ -320,7 +340,7 @@ def _make_reply(code: int, lines: list[str]) -> Reply:
     first_digit = str(code // 100)
     match = _ENHANCED.match(lines[0])
     if match is None or match.group(1) != first_digit:
-        return Reply(code, tuple(lines), None)
+        return _trusted(code, tuple(lines), None)
     enhanced = f"{match.group(1)}.{match.group(2)}.{match.group(3)}"
     # RFC 2034 3: every line of the reply is prefixed by the enhanced code; remove it
     # wherever it is the same one, keep any other text untouched.
@@ -333,7 +353,22 @@ def _make_reply(code: int, lines: list[str]) -> Reply:
             out.append("")
         else:
             out.append(line)
-    return Reply(code, tuple(out), enhanced)
+    return _trusted(code, tuple(out), enhanced)
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _trusted(code: int, lines: tuple[str, ...], enhanced: str | None) -> Reply:
+    """A Reply built without ``__post_init__``: the parser has already checked the code
+    (three digits, 2..5 first), the text (decoded str) and the enhanced code (the same
+    pattern), so the checks of the public constructor would only repeat them."""
+    reply: Reply = _new(Reply)
+    _set(reply, "code", code)
+    _set(reply, "lines", lines)
+    _set(reply, "enhanced", enhanced)
+    return reply
 
 
 def _escape_table() -> dict[int, str]:
@@ -366,6 +401,10 @@ def printable(text: str, limit: int = 512) -> str:
         raise ValueError(f"text: must be a str, not {type(text).__name__}")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 3:
         raise ValueError(f"limit: must be an int >= 3, not {limit!r}")
+    if len(text) <= limit and text.isascii() and text.isprintable():
+        # Fast path: ASCII without C0 controls or DEL has nothing to escape (the other
+        # escaped characters are all outside ASCII).
+        return text
     # Escaping never shortens text, so only the first `limit` characters can matter.
     head = text[: limit + 1]
     out = head.translate(_ESCAPES)

@@ -24,6 +24,7 @@ from ..protocol.conversation import (
     Flow,
     Write,
     WriteBody,
+    _Flush,
     _Read,
     _StartTLS,
 )
@@ -31,7 +32,7 @@ from ..protocol.reply import Reply
 from ..settings import Security
 from ..status import SendStatus
 from . import tls
-from .common import WRITE_BUFFER, Endpoint, local_hostname, map_exceptions
+from .common import WRITE_BUFFER, Endpoint, local_hostname, log_body, map_exceptions
 from .transcript import Transcript
 
 #: bytes of message pulled per trip to the worker thread
@@ -114,6 +115,8 @@ class AsyncConnection:
         self.protocol = _Protocol()
         self.deadline = 0.0
         self.replies = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def _remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -141,13 +144,48 @@ class AsyncConnection:
             elif proto.eof:
                 raise ServerDisconnected(f"{self.endpoint.host} closed the connection")
             else:
-                with map_exceptions(self.endpoint.host):
-                    async with asyncio.timeout(self._remaining()):
-                        await proto.wait_data()
+                await self._wait_data()
                 continue
             reply = parser.next_reply()
         self.replies += 1
         return reply
+
+    async def _wait_data(self) -> None:
+        """Wait for bytes from the server, at most until the deadline.
+
+        One timer per connection instead of an ``asyncio.timeout()`` per wait: the timer
+        is armed at the deadline and, when it fires, re-arms itself if the deadline moved
+        later meanwhile (each message gets its own time) or fails the wait if it passed.
+        A pipelined bulk send waits once per message, and a context manager, a timer
+        handle and its cancellation per wait cost as much as the rest of the loop's work.
+        """
+        loop = asyncio.get_running_loop()
+        left = self._remaining()  # raises TimeoutError when the deadline has passed
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.protocol._waiter = waiter
+        when = loop.time() + left
+        if self._timer is None or self._timer_at > when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(when, self._on_timer)
+            self._timer_at = when
+        try:
+            await waiter
+        finally:
+            self.protocol._waiter = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self.protocol._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms a new timer
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            waiter.set_exception(TimeoutError(f"timed out talking to {self.endpoint.host}"))
+            return
+        loop = asyncio.get_running_loop()
+        self._timer_at = loop.time() + left
+        self._timer = loop.call_at(self._timer_at, self._on_timer)
 
     async def connect(self, deadline: float) -> None:
         ep = self.endpoint
@@ -192,7 +230,13 @@ class AsyncConnection:
             + ("" if ep.tls.verified else " (some certificate errors ignored)")
         )
 
-    async def pump(self, flow: Flow, on_done: Callable[[SendStatus], None] | None = None) -> None:
+    async def pump(
+        self,
+        flow: Flow,
+        on_done: Callable[[SendStatus], None] | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
+        """Run a conversation flow to its end (see :meth:`SyncConnection.pump`)."""
         conv = self.conversation
         tr = self.transcript
         buf: list[bytes] = []
@@ -211,15 +255,20 @@ class AsyncConnection:
                 buf.append(req.data)
                 size += len(req.data)
                 if tr.active:
-                    tr.sent(req.log)
-            elif kind is _Read:
+                    for line in req.lines():
+                        tr.sent(line)
+            elif kind is _Read or kind is _Flush:
                 if buf:
-                    await self._write(b"".join(buf))
+                    await self._write(b"".join(buf) if len(buf) > 1 else buf[0])
                     buf.clear()
                     size = 0
-                answer = await self._read_reply()
-                if tr.active:
-                    tr.received(answer, redact=conv.stage == "auth")
+                    conv.idle()  # encode ahead while the server works
+                    if on_sent is not None:
+                        on_sent()
+                if kind is _Read:
+                    answer = await self._read_reply()
+                    if tr.active:
+                        tr.received(answer, redact=conv.stage == "auth")
             elif kind is WriteBody:
                 assert isinstance(req, WriteBody)
                 it = iter(req.chunks)
@@ -232,7 +281,7 @@ class AsyncConnection:
                         break
                     for chunk in batch:
                         if tr.body_active:
-                            tr.body(chunk)
+                            log_body(tr, chunk, req.bdat)
                         buf.append(chunk)
                         size += len(chunk)
                     if size >= WRITE_BUFFER:
@@ -272,6 +321,9 @@ class AsyncConnection:
         self.close()
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.abort() if self.protocol.eof else self.transport.close()
             self.transport = None

@@ -10,6 +10,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import (
     ConnectError,
@@ -82,3 +83,11 @@ def local_hostname(configured: str | None, sockname: object) -> str:
     addr = sockname[0] if isinstance(sockname, tuple) and sockname else "127.0.0.1"
     ip = ipaddress.ip_address(str(addr).split("%")[0])
     return f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
+
+
+def log_body(transcript: Any, chunk: bytes, bdat: bool) -> None:
+    """Record message bytes; with CHUNKING each chunk's BDAT line is a client line."""
+    if bdat:
+        line, _, chunk = chunk.partition(b"\r\n")
+        transcript.sent(line.decode("ascii", "replace"))
+    transcript.body(chunk)
