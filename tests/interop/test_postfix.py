@@ -61,12 +61,6 @@ class TestPostfix(InteropCases):
         assert "data=" not in line.group(0)
         assert len(re.findall(r" bdat=\d+", mta.log_text())) > before
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="postillon bug: the BDAT command line reaches the log file as message body "
-        "text (no timestamp, no 'C >'): transport/sync.py and aio.py log WriteBody chunks "
-        "with Transcript.body(), and BdatStream puts the BDAT lines inside those chunks",
-    )
     def test_bdat_command_is_a_client_line_of_the_log(
         self, mta: MtaServer, client: ClientFactory, tmp_path: Path
     ) -> None:
