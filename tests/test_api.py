@@ -67,4 +67,6 @@ def test_exceptions_form_one_tree_and_pickle() -> None:
     for exc in samples:
         back = pickle.loads(pickle.dumps(exc))
         assert type(back) is type(exc) and str(back) == str(exc)
-    assert postillon.ReplyError(451, "x").is_transient and postillon.ReplyError(550, "x").is_permanent
+    assert (
+        postillon.ReplyError(451, "x").is_transient and postillon.ReplyError(550, "x").is_permanent
+    )

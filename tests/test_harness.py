@@ -587,7 +587,7 @@ def test_require_skips_or_fails(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_pg_schema(pg_schema_dsn: str) -> None:
-    import psycopg  # noqa: PLC0415 - optional extra; pg_schema_dsn already required it
+    import psycopg
 
     with psycopg.connect(pg_schema_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE probe (id int)")

@@ -569,3 +569,17 @@ def test_settings_are_validated_and_secrets_hidden() -> None:
         is AuthMode.XOAUTH2
     )
     assert os.environ.get("NEVER_SET_X") is None
+
+
+def test_more_than_100_recipients_go_as_several_transactions(smtpd: Any, client: Any) -> None:
+    # RFC 5321 4.5.3.1.8: at most 100 RCPT per transaction; one status for the message.
+    rcpts = [f"u{i}@x.test" for i in range(150)]
+    server = smtpd(refuse={"u120@x.test": (550, "5.1.1 no such user")})
+    c = client(server.host, server.port, security=Security.NONE)
+    st = c.send(raw(rcpts))
+    assert not st.success and st.status == 550
+    assert len(st.recipients) == 150 and st.refused == ["u120@x.test"]
+    server.wait_for(2)
+    assert sorted(len(m.rcpt_tos) for m in server.messages) == [49, 100]
+    statuses = c.send_many([raw(rcpts[:101]), raw()])
+    assert [s.success for s in statuses] == [True, True] and len(statuses[0].recipients) == 101

@@ -16,22 +16,28 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import weakref
 from collections.abc import AsyncIterable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from . import testing as _testing
 from .errors import InvalidMessage, SMTPError
+from .pool import Lifetime
 from .protocol.conversation import SendOptions, check_status
 from .settings import Dsn
 from .status import SendStatus, Status
 from .transport.aio import AsyncConnection
 from .transport.transcript import Transcript
-from .transporter import Batch, Message, Staged, TransporterBase, _invalid
+from .transporter import Batch, Message, Staged, TransporterBase, _gate, _invalid
 
 if TYPE_CHECKING:
     from .signing import DkimSigner
 
 __all__ = ["AsyncTransporter"]
+
+log = logging.getLogger("postillon.async_transporter")
 
 
 class AsyncTransporter(TransporterBase):
@@ -55,6 +61,14 @@ class AsyncTransporter(TransporterBase):
         self._busy: set[AsyncConnection] = set()
         self._slots: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: set whenever a connection leaves ``_busy`` (wakes callers waiting for room)
+        self._freed: asyncio.Event | None = None
+        #: connections still in their connect/greeting/AUTH phase
+        self._opening = 0
+        self._lives: weakref.WeakKeyDictionary[AsyncConnection, Lifetime] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._had_connection = False
         #: connections opened so far (for tests and statistics)
         self.connections_opened = 0
 
@@ -74,6 +88,7 @@ class AsyncTransporter(TransporterBase):
         loop = asyncio.get_running_loop()
         if self._slots is None or self._loop is not loop:
             self._slots = asyncio.Semaphore(self._max)
+            self._freed = asyncio.Event()
             self._loop = loop
             self._idle.clear()
         return self._slots
@@ -95,12 +110,69 @@ class AsyncTransporter(TransporterBase):
         self.connections_opened += 1
         return conn
 
+    async def _fit(self, conn: AsyncConnection, deadline: float) -> bool:
+        """May this idle connection carry more mail? Worn out: QUIT; idle long: NOOP."""
+        life = self._lives.get(conn)
+        now = time.monotonic()
+        if life is None:  # pragma: no cover - every pooled connection has one
+            return True
+        if self._pool.worn_out(life, now):
+            await conn.quit(now + self._pool.check_timeout)
+            conn.transcript.close()  # renewals must not pile up open log files
+            return False
+        if self._pool.needs_check(life, now):
+            conn.deadline = now + self._pool.check_timeout
+            try:
+                await conn.pump(conn.conversation.noop())
+            except SMTPError as exc:
+                # The server forgot the session while it idled: a new one, silently.
+                log.debug("idle connection failed its NOOP check (%s); reconnecting", exc)
+                conn.close()
+                return False
+            life.last_used = time.monotonic()
+        conn.deadline = deadline
+        return True
+
+    async def _wait_for_room(self, deadline: float) -> bool:
+        """Wait until a connection is released; False when the deadline came first."""
+        assert self._freed is not None
+        self._freed.clear()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            async with asyncio.timeout(left):
+                await self._freed.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def _acquire(self, deadline: float) -> tuple[AsyncConnection, bool]:
-        """An idle connection, or a new one; on failure the SMTPError carries the stage."""
-        conn = self._take_idle(deadline)
-        if conn is not None:
-            return conn, True
+        """An idle connection, or a new one; on failure the SMTPError carries the stage.
+
+        An idle connection is checked first (:meth:`_fit`). A new one is opened only
+        while the pool is under the cap the server's "too many connections" set
+        (:meth:`Throttle.connection_cap`); over it, the call waits for a connection to
+        come back (and opens one anyway if its deadline comes first).
+        """
+        while True:
+            conn = self._take_idle(deadline)
+            if conn is not None:
+                try:
+                    fit = await self._fit(conn, deadline)
+                except BaseException:
+                    self._busy.discard(conn)
+                    conn.close()
+                    raise
+                if fit:
+                    return conn, True
+                self._busy.discard(conn)
+                continue
+            cap = self._throttle.connection_cap(self._max)
+            if len(self._busy) < cap or not await self._wait_for_room(deadline):
+                break
         conn = self._new_connection()
+        self._opening += 1
         try:
             await conn.connect(deadline)
         except BaseException as exc:
@@ -109,16 +181,29 @@ class AsyncTransporter(TransporterBase):
             if isinstance(exc, SMTPError):
                 raise _ConnectFailed(exc, conn.conversation.stage) from exc
             raise
+        finally:
+            self._opening -= 1
+        self._lives[conn] = Lifetime.start(time.monotonic())
+        self._had_connection = True
         return conn, False
 
     async def _release(self, conn: AsyncConnection, reusable: bool) -> None:
         self._busy.discard(conn)
-        if reusable and self._settings.keep_alive and conn.conversation.usable:
+        if self._freed is not None:
+            self._freed.set()
+        life = self._lives.get(conn)
+        now = time.monotonic()
+        worn = life is not None and self._pool.worn_out(life, now)
+        if reusable and self._settings.keep_alive and conn.conversation.usable and not worn:
+            if life is not None:
+                life.last_used = now
             self._idle.append(conn)
         elif reusable:
-            await conn.quit(time.monotonic() + 5.0)
+            await conn.quit(now + 5.0)
+            conn.transcript.close()
         else:
-            conn.close()
+            conn.close()  # a 421, an I/O error or a cancel: never reused
+            conn.transcript.close()
 
     async def open(self) -> AsyncTransporter:
         """Open one connection now; raise SMTPError on failure."""
@@ -147,7 +232,9 @@ class AsyncTransporter(TransporterBase):
             try:
                 conn, _ = await self._acquire(deadline)
                 await conn.pump(conn.conversation.noop())
-                status = check_status(True, conn.conversation.last_reply, conn.conversation.auth_note)
+                status = check_status(
+                    True, conn.conversation.last_reply, conn.conversation.auth_note
+                )
             except _ConnectFailed as failed:
                 return check_status(False, None, exc=failed.error, stage=failed.stage)
             except SMTPError as exc:
@@ -177,7 +264,7 @@ class AsyncTransporter(TransporterBase):
         opts = SendOptions(dsn=dsn, require_tls=require_tls)
         batch = Batch(self, [staged], opts, self._smime_arg(smime), dkim)
         await self._drive(batch)
-        return batch.results[0]
+        return batch.statuses()[0]
 
     async def send_many(
         self,
@@ -232,7 +319,7 @@ class AsyncTransporter(TransporterBase):
                 batch = Batch(self, [g[1] for g in group], opts, None, None)
                 batch.single = False
                 await self._drive(batch)
-                for (index, _), status in zip(group, batch.results, strict=True):
+                for (index, _), status in zip(group, batch.statuses(), strict=True):
                     results[index] = status
 
         await asyncio.gather(produce(), *(lane() for _ in range(self._max)))
@@ -246,25 +333,42 @@ class AsyncTransporter(TransporterBase):
 
     async def _drive(self, batch: Batch) -> None:
         """The async twin of Transporter._run: the loop only, decisions are in Batch."""
+        box = _testing.active()
+        if box is not None:
+            box.deliver(self, batch)  # postillon.testing.Outbox: captured, no connection
+            return
+        throttle = self._throttle
         async with self._semaphore():
             while batch.next_head():
+                pause = throttle.delay()
+                if pause > 0:
+                    await asyncio.sleep(pause)
                 deadline = time.monotonic() + self._settings.send_timeout
                 conn: AsyncConnection | None = None
                 try:
                     conn, reused = await self._acquire(deadline)
                 except _ConnectFailed as failed:
+                    alive = len(self._busy) - self._opening + len(self._idle)
+                    throttle.observe_error(failed.error, alive)
+                    if batch.retry_connect(failed.error, failed.stage, self._had_connection):
+                        continue
                     batch.connect_failed(failed.error, failed.stage)
                     break
                 before = conn.replies
+                fed = batch.fed
+                life = self._lives.get(conn) or Lifetime.start(time.monotonic())
                 try:
+                    feed = batch.feed(conn.conversation, _gate(self._pool, throttle, life))
                     await conn.pump(
-                        conn.conversation.transactions(batch.feed(conn.conversation), batch.opts),
+                        conn.conversation.transactions(feed, batch.opts),
                         batch.on_done(conn),
+                        feed.prefetch,
                     )
                 except InvalidMessage:
                     await self._release(conn, True)
                     raise
                 except SMTPError as exc:
+                    throttle.observe_error(exc)
                     batch.failed(conn.conversation, exc, reused, conn.replies - before)
                     await self._release(conn, False)
                     continue
@@ -274,7 +378,8 @@ class AsyncTransporter(TransporterBase):
                     await self._release(conn, False)
                     raise
                 await self._release(conn, True)
-                break
+                if batch.fed == fed and throttle.delay() == 0:
+                    await asyncio.sleep(0.001)  # nothing went (a lost race for a token)
 
 
 class _ConnectFailed(Exception):

@@ -95,5 +95,8 @@ class Dsn:
             if ret not in ("FULL", "HDRS"):
                 raise InvalidMessage(f"must be FULL or HDRS, not {self.ret!r}", "dsn.ret")
             object.__setattr__(self, "ret", ret)
-        if self.envid is not None and (not self.envid or len(self.envid) > 100):
-            raise InvalidMessage("must be 1 to 100 characters", "dsn.envid")
+        if self.envid is not None:
+            if not self.envid or len(self.envid) > 100:
+                raise InvalidMessage("must be 1 to 100 characters", "dsn.envid")
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in self.envid):
+                raise InvalidMessage("must not contain control characters", "dsn.envid")

@@ -15,8 +15,10 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import email.message
 import itertools
+import logging
 import os
 import ssl
 import threading
@@ -25,9 +27,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidMessage, ReplyError, ServerDisconnected, SMTPError
+from . import testing as _testing
+from .errors import (
+    AuthenticationError,
+    ConnectError,
+    InvalidMessage,
+    ReplyError,
+    ServerDisconnected,
+    SMTPError,
+)
 from .message import CharsetMode, Email, RawMessage, prepare
 from .message.prepared import Prepared
+from .pool import Lifetime, PoolPolicy, Throttle
 from .protocol import commands
 from .protocol.conversation import (
     Conversation,
@@ -38,7 +49,7 @@ from .protocol.conversation import (
     invalid_status,
 )
 from .settings import AuthMode, Dsn, IgnoreCert, Security
-from .status import SendStatus, SpoolState, Status
+from .status import RecipientStatus, SendStatus, SpoolState, Status
 from .transport import tls as _tls
 from .transport.common import Endpoint
 from .transport.sync import SyncConnection
@@ -49,6 +60,8 @@ if TYPE_CHECKING:
     from .spool import Spool
 
 __all__ = ["Transporter"]
+
+log = logging.getLogger("postillon.transporter")
 
 #: What send() accepts: our Email, a stdlib EmailMessage, a RawMessage, or raw bytes
 #: (with from_= and to=).
@@ -63,14 +76,17 @@ def _positive(value: object, name: str) -> float:
     return float(value)
 
 
-def _no_nul(value: str | None, name: str) -> str | None:
+def _no_nul(value: str | None, name: str, *, controls: bool = False) -> str | None:
+    """Refuse NUL (RFC 4616: it separates the PLAIN fields); with ``controls``, also
+    the rest of C0 and DEL (a user name or a token goes into AUTH lines)."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"{name}: must be a string")
     if "\x00" in value:
-        # RFC 4616: NUL separates the PLAIN fields; inside a value it shifts them.
         raise ValueError(f"{name}: must not contain a NUL character")
+    if controls and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError(f"{name}: must not contain control characters")
     return value
 
 
@@ -162,7 +178,7 @@ def make_settings(
         security = Security.TLS if port == 465 else Security.STARTTLS
     if port is None:
         port = _DEFAULT_PORTS[security]
-    _no_nul(user, "user")
+    _no_nul(user, "user", controls=True)
     _no_nul(password, "password")
     if password is not None and user is None:
         raise ValueError("password: given without user")
@@ -173,7 +189,7 @@ def make_settings(
     elif callable(access_token):
         token = access_token
     else:
-        fixed = _no_nul(access_token, "access_token")
+        fixed = _no_nul(access_token, "access_token", controls=True)
         token = lambda: fixed or ""  # noqa: E731
     if (token is not None or password is not None) and user is None:
         raise ValueError("user: is needed with a password or an access_token")
@@ -261,7 +277,10 @@ class TransporterBase:
         smime_certificate: str | bytes | os.PathLike[str] | None = None,
         smime_password: str | bytes | None = None,
         dkim: DkimSigner | None = None,
+        pool: PoolPolicy | None = None,
     ) -> None:
+        if pool is not None and not isinstance(pool, PoolPolicy):
+            raise ValueError(f"pool: must be a postillon.pool.PoolPolicy, not {pool!r}")
         self._settings = make_settings(
             host,
             port,
@@ -286,6 +305,9 @@ class TransporterBase:
             dkim=dkim,
         )
         self._endpoint = self._settings.endpoint()
+        self._pool = pool if pool is not None else PoolPolicy()
+        #: one pace for every connection and thread of this transporter (and its clones)
+        self._throttle = Throttle(self._pool)
 
     # -- readable settings (password and access_token are write-only)
 
@@ -356,6 +378,11 @@ class TransporterBase:
     @property
     def dkim(self) -> DkimSigner | None:
         return self._settings.dkim
+
+    @property
+    def pool(self) -> PoolPolicy:
+        """The connection pool policy and rate limit (:class:`postillon.pool.PoolPolicy`)."""
+        return self._pool
 
     def __repr__(self) -> str:
         s = self._settings
@@ -481,6 +508,8 @@ class Transporter(TransporterBase):
     ) -> None:
         super().__init__(host, port, **settings)
         self._conn: SyncConnection | None = None
+        self._life = Lifetime.start(0.0)  # of self._conn
+        self._had_connection = False
         self._failed_conn: SyncConnection | None = None
         self._lock = threading.RLock()
         self._asynchronous = bool(asynchronous)
@@ -538,7 +567,7 @@ class Transporter(TransporterBase):
         """The live connection (reused if still good) or a new one; raises SMTPError."""
         conn = self._conn
         if conn is not None:
-            if self._settings.keep_alive and not conn.is_stale():
+            if self._settings.keep_alive and not conn.is_stale() and self._fit(conn):
                 conn.deadline = deadline
                 return conn, True
             conn.close()
@@ -553,12 +582,39 @@ class Transporter(TransporterBase):
             self._failed_conn = conn
             raise
         self._conn = conn
+        self._life = Lifetime.start(time.monotonic())
+        self._had_connection = True
         return conn, False
 
+    def _fit(self, conn: SyncConnection) -> bool:
+        """May the kept connection carry more mail? Worn out: QUIT; idle long: NOOP check."""
+        now = time.monotonic()
+        if self._pool.worn_out(self._life, now):
+            conn.quit(now + self._pool.check_timeout)
+            conn.transcript.close()  # renewals must not pile up open log files
+            return False
+        if self._pool.needs_check(self._life, now):
+            conn.deadline = now + self._pool.check_timeout
+            try:
+                conn.pump(conn.conversation.noop())
+            except SMTPError as exc:
+                # The server forgot the session while it idled: a new one, silently.
+                log.debug("idle connection failed its NOOP check (%s); reconnecting", exc)
+                return False
+            self._life.last_used = time.monotonic()
+        return True
+
     def _done(self) -> None:
-        if not self._settings.keep_alive and self._conn is not None:
-            conn, self._conn = self._conn, None
-            conn.quit(time.monotonic() + 5.0)
+        conn = self._conn
+        if conn is None:
+            return
+        now = time.monotonic()
+        if not self._settings.keep_alive or self._pool.worn_out(self._life, now):
+            self._conn = None
+            conn.quit(now + 5.0)
+            conn.transcript.close()
+        else:
+            self._life.last_used = now
 
     # -- public calls
 
@@ -663,7 +719,11 @@ class Transporter(TransporterBase):
         other = Transporter.__new__(Transporter)
         other._settings = self._settings
         other._endpoint = self._endpoint
+        other._pool = self._pool
+        other._throttle = self._throttle  # the rate limit binds the workers together
         other._conn = None
+        other._life = Lifetime.start(0.0)
+        other._had_connection = False
         other._failed_conn = None
         other._lock = threading.RLock()
         other._asynchronous = False
@@ -692,30 +752,94 @@ class Transporter(TransporterBase):
         dkim: DkimSigner | None,
     ) -> list[SendStatus]:
         batch = Batch(self, items, opts, smime, dkim)
+        box = _testing.active()
+        if box is not None:
+            box.deliver(self, batch)  # postillon.testing.Outbox: captured, no connection
+            return batch.statuses()
+        throttle = self._throttle
         with self._lock:
             while batch.next_head():
+                pause = throttle.delay()
+                if pause > 0:
+                    time.sleep(pause)
                 deadline = time.monotonic() + self._settings.send_timeout
                 try:
                     conn, reused = self._connection(deadline)
                 except SMTPError as exc:
                     conv = self._failed_conversation()
-                    batch.connect_failed(exc, conv.stage if conv is not None else "connect")
+                    stage = conv.stage if conv is not None else "connect"
+                    throttle.observe_error(exc)
+                    if batch.retry_connect(exc, stage, self._had_connection):
+                        continue
+                    batch.connect_failed(exc, stage)
                     break
                 before = conn.replies
+                fed = batch.fed
+                feed = batch.feed(conn.conversation, _gate(self._pool, throttle, self._life))
                 try:
                     conn.pump(
-                        conn.conversation.transactions(batch.feed(conn.conversation), opts),
+                        conn.conversation.transactions(feed, opts),
                         batch.on_done(conn),
+                        feed.prefetch,
                     )
                 except InvalidMessage:
                     raise  # send() of a message this server cannot take; nothing was sent
                 except SMTPError as exc:
+                    throttle.observe_error(exc)
                     batch.failed(conn.conversation, exc, reused, conn.replies - before)
                     self._drop()
                     continue
-                break
+                if batch.fed == fed and throttle.delay() == 0:
+                    time.sleep(0.001)  # nothing went (a lost race for a token): no busy loop
             self._done()
-        return batch.results
+        return batch.statuses()
+
+
+def _gate(policy: PoolPolicy, throttle: Throttle, life: Lifetime) -> Callable[[], bool]:
+    """May one more message go on this connection now? (its budget, then the rate)"""
+
+    def gate() -> bool:
+        if life.messages >= policy.max_messages or not throttle.try_take():
+            return False
+        life.messages += 1
+        return True
+
+    return gate
+
+
+#: RFC 5321 4.5.3.1.8: a server must take at least 100 recipients per transaction, and
+#: may refuse more; a message to more goes as several transactions of at most 100.
+MAX_RECIPIENTS = 100
+
+
+def split_recipients(item: Staged | SendStatus) -> list[Staged | SendStatus]:
+    """A message to more than :data:`MAX_RECIPIENTS` as several transactions."""
+    if isinstance(item, Staged) and item.prepared is not None:
+        rcpts = item.prepared.recipients
+        if len(rcpts) > MAX_RECIPIENTS:
+            return [
+                Staged(item.original, item.prepared.with_recipients(rcpts[i : i + MAX_RECIPIENTS]))
+                for i in range(0, len(rcpts), MAX_RECIPIENTS)
+            ]
+    return [item]
+
+
+def fold(parts: list[SendStatus]) -> SendStatus:
+    """The status of one message sent as several transactions: every recipient's
+    outcome; successful only if every part was; else the first failure's reply."""
+    if len(parts) == 1:
+        return parts[0]
+    recipients: dict[str, RecipientStatus] = {}
+    for part in parts:
+        recipients.update(part.recipients)
+    failed = [p for p in parts if not p.success]
+    base = failed[0] if failed else parts[-1]
+    return dataclasses.replace(
+        base,
+        success=not failed,
+        recipients=recipients,
+        uncertain=any(p.uncertain for p in parts),
+    )
 
 
 class Batch:
@@ -737,14 +861,37 @@ class Batch:
     ) -> None:
         self.owner = owner
         self.single = isinstance(items, list) and len(items) == 1
-        self.source: Iterator[Staged | SendStatus | Prepared] = iter(items)
+        #: how many transactions each input item became (see :func:`split_recipients`)
+        self.sizes: list[int] = []
+        self.source: Iterator[Staged | SendStatus | Prepared] = self._expand(items)
         self.opts = opts
         self.smime = smime
         self.dkim = dkim
         self.results: list[SendStatus] = []
         self.retried = False
+        self.connect_retried = False
+        #: messages handed to a conversation so far (the drivers' progress counter)
+        self.fed = 0
         #: ids of the messages already sent again after a broken connection
         self.requeued: set[int] = set()
+        self._feed: Feed | None = None
+
+    def _expand(self, items: Iterable[Staged | SendStatus]) -> Iterator[Staged | SendStatus]:
+        for item in items:
+            parts = split_recipients(item)
+            self.sizes.append(len(parts))
+            yield from parts
+
+    def statuses(self) -> list[SendStatus]:
+        """One status per input item: the transactions of a split message folded."""
+        if len(self.sizes) == len(self.results):
+            return self.results
+        out: list[SendStatus] = []
+        i = 0
+        for n in self.sizes:
+            out.append(fold(self.results[i : i + n]))
+            i += n
+        return out
 
     def next_head(self) -> bool:
         """Pass through leading statuses; True while a message is left to send."""
@@ -765,24 +912,63 @@ class Batch:
                 prepared = item if isinstance(item, Prepared) else item.prepared
                 self.results.append(failure_status(exc, stage, prepared))
 
-    def feed(self, conv: Conversation) -> Iterator[Prepared | SendStatus]:
-        smtputf8 = conv.capabilities.smtputf8
-        for item in self.source:
-            if isinstance(item, SendStatus | Prepared):
-                yield item  # a status to pass through, or a retry of an untouched message
-                continue
+    def feed(self, conv: Conversation, gate: Callable[[], bool] | None = None) -> Feed:
+        """The messages for ``conv``, finalised for its capabilities (see :class:`Feed`).
+
+        ``gate`` (the connection's message budget and the transporter's rate) is asked
+        before each message is handed over; when it says no, the feed ends and the
+        message stays first in line for the driver's next turn.
+        """
+        self._feed = Feed(self, conv.capabilities.smtputf8, gate)
+        return self._feed
+
+    def prepared(self, smtputf8: bool) -> Iterator[Prepared | SendStatus]:
+        """Every message left, finalised (the in-process outbox's path; no gate)."""
+        while True:
             try:
-                yield self.owner._final(item, smtputf8, self.smime, self.dkim)
-            except InvalidMessage as exc:
-                if self.single:
-                    raise
-                yield invalid_status(exc, item.prepared or _EMPTY)
+                yield self._next(smtputf8)
+            except StopIteration:
+                return
+
+    def retry_connect(self, exc: SMTPError, stage: str, refill: bool) -> bool:
+        """Try once more after a failed connect? (then the caller loops instead of failing)
+
+        Only when ``refill``: a connection of this transporter worked before, so this is
+        a pool slot being reopened, and a refusal at connect or greeting (a restart, a
+        "421 too many connections") is likely brief. A first connection that fails, a
+        timeout (it would double the wait), TLS and authentication failures, and 5xx
+        replies fail at once.
+        """
+        if self.connect_retried or not refill or stage not in ("connect", "greeting", "ehlo"):
+            return False
+        transient = isinstance(exc, ConnectError | ServerDisconnected) or (
+            isinstance(exc, ReplyError)
+            and exc.is_transient
+            and not isinstance(exc, AuthenticationError)
+        )
+        if transient:
+            self.connect_retried = True
+            log.debug("connection failed at %s (%s); trying a fresh one", stage, exc)
+        return transient
+
+    def _next(self, smtputf8: bool) -> Prepared | SendStatus:
+        item = next(self.source)
+        if isinstance(item, SendStatus | Prepared):
+            return item  # a status to pass through, or a retry of an untouched message
+        try:
+            return self.owner._final(item, smtputf8, self.smime, self.dkim)
+        except InvalidMessage as exc:
+            if self.single:
+                raise
+            return invalid_status(exc, item.prepared or _EMPTY)
 
     def on_done(self, conn: SyncConnection | Any) -> Callable[[SendStatus], None]:
         timeout = self.owner._settings.send_timeout
+        observe = self.owner._throttle.observe
 
         def done(status: SendStatus) -> None:
             self.results.append(status)
+            observe(status)
             conn.deadline = time.monotonic() + timeout  # each message gets its own time
 
         return done
@@ -792,6 +978,10 @@ class Batch:
         # A reused idle connection that died before the server answered anything, or
         # whose first answer was 421 (it timed the idle session out): nothing reached
         # the server's queue, so the messages go again, once, on a new connection.
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            # What the conversation had not taken yet goes back in front of the rest.
+            self.source = itertools.chain(feed.unread(), self.source)
         closing = isinstance(exc, ReplyError) and exc.code == 421 and replies == 1
         if reused and (replies == 0 or closing) and not self.retried:
             self.retried = True
@@ -814,6 +1004,73 @@ class Batch:
         if retry:
             self.requeued.update(id(fl.message) for fl in retry)
             self.source = itertools.chain([fl.message for fl in retry], self.source)
+
+
+class Feed:
+    """The messages of a batch as one conversation takes them, with one of lookahead.
+
+    The drivers call :meth:`prefetch` right after a pipelined write has left: while the
+    server reads the body and the next envelope, the message after them is staged,
+    finalised and signed here, so that work is off the path between the server's
+    replies and our next write (about a third of the per-message time of a bulk send).
+    An item fetched ahead and not taken when the connection fails goes back to the
+    batch (:meth:`unread`); an error met ahead is raised where the conversation would
+    have met it, when it takes that item.
+    """
+
+    __slots__ = ("_ahead", "_batch", "_error", "_gate", "_smtputf8", "_stopped")
+
+    def __init__(
+        self, batch: Batch, smtputf8: bool, gate: Callable[[], bool] | None = None
+    ) -> None:
+        self._batch = batch
+        self._smtputf8 = smtputf8
+        self._gate = gate
+        self._stopped = False
+        self._ahead: list[Prepared | SendStatus] = []
+        self._error: Exception | None = None
+
+    def __iter__(self) -> Feed:
+        return self
+
+    def __next__(self) -> Prepared | SendStatus:
+        if self._stopped:
+            raise StopIteration
+        if self._ahead:
+            item = self._ahead.pop()
+        elif self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        else:
+            item = self._batch._next(self._smtputf8)
+        batch = self._batch
+        if self._gate is not None and isinstance(item, Prepared) and not self._gate():
+            # Held back (budget or rate): first in line for the driver's next turn, and
+            # this conversation takes nothing more (nor fetches ahead).
+            self._stopped = True
+            batch.source = itertools.chain([item], batch.source)
+            raise StopIteration
+        batch.fed += 1
+        return item
+
+    def prefetch(self) -> None:
+        """Fetch the next message now, if none is waiting (the drivers' idle moment)."""
+        if self._ahead or self._error is not None or self._stopped:
+            return
+        try:
+            self._ahead.append(self._batch._next(self._smtputf8))
+        except StopIteration:
+            pass
+        except Exception as exc:  # kept for the conversation to meet in turn
+            self._error = exc
+
+    def unread(self) -> Iterator[Prepared | SendStatus]:
+        """What was fetched ahead and not taken (or the error met ahead), to read again."""
+        ahead, self._ahead = self._ahead, []
+        error, self._error = self._error, None
+        yield from ahead
+        if error is not None:
+            raise error
 
 
 _EMPTY = Prepared("", (), "", lambda: iter(()))

@@ -23,7 +23,7 @@ def pg_unreachable(dsn: str) -> str | None:
     """None when ``dsn`` accepts a connection, else the reason (psycopg's error)."""
     try:
         # psycopg is an optional extra: without it the PostgreSQL tests require() it
-        import psycopg  # noqa: PLC0415
+        import psycopg
     except ImportError:
         return "psycopg is not installed (pip install 'postillon[postgres]')"
     try:
@@ -49,9 +49,9 @@ def pg_dsn_or_require() -> str:
 @contextmanager
 def fresh_schema(dsn: str) -> Iterator[str]:
     """A new empty schema; yields a DSN whose ``search_path`` is that schema only."""
-    import psycopg  # noqa: PLC0415 - optional extra, see pg_unreachable()
-    from psycopg import sql  # noqa: PLC0415
-    from psycopg.conninfo import make_conninfo  # noqa: PLC0415
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
 
     name = f"t_{secrets.token_hex(6)}"
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -264,8 +264,16 @@ class _Builder:
         return _Leaf(head, data=data)
 
     def attachment_leaf(self, att: Attachment, field: str) -> _Leaf:
+        mime_type = att.type
+        inline: bytes | None = None
+        if mime_type.lower().startswith("message/"):
+            # RFC 2046 5.2.1: a message/* part is never base64 or quoted-printable. A
+            # 7-bit clean message goes as it is; anything else goes as an opaque file.
+            inline = _seven_bit_message(att)
+            if inline is None:
+                mime_type = "application/octet-stream"
         name_params = param_items("name", att.name, self.header_mode)
-        ct: list[Item] = [("", att.type + ";")]
+        ct: list[Item] = [("", mime_type + ";")]
         ct += [
             (" ", p + (";" if k < len(name_params) - 1 else "")) for k, p in enumerate(name_params)
         ]
@@ -274,14 +282,35 @@ class _Builder:
         cd += [
             (" ", p + (";" if k < len(file_params) - 1 else "")) for k, p in enumerate(file_params)
         ]
+        cte = "7bit" if inline is not None else "base64"
         head = (
             self.header("Content-Type", ct, f"{field}.type")
-            + self.header("Content-Transfer-Encoding", [("", "base64")], field)
+            + self.header("Content-Transfer-Encoding", [("", cte)], field)
             + self.header("Content-Disposition", cd, f"{field}.name")
         )
         if att.cid:
             head += self.header("Content-ID", [("", f"<{att.cid}>")], f"{field}.cid")
+        if inline is not None:
+            return _Leaf(head, data=inline)
         return _Leaf(head, attachment=att)
+
+
+#: a message/* attachment larger than this goes as application/octet-stream (it would
+#: have to be held in memory to be checked and sent as 7bit)
+MAX_INLINE_MESSAGE = 8 * 1024 * 1024
+
+
+def _seven_bit_message(att: Attachment) -> bytes | None:
+    """The attachment as a 7bit message/* body (CRLF lines), or None when it is not one."""
+    if att.size is None or att.size > MAX_INLINE_MESSAGE:
+        return None
+    data = att.get_content()
+    if not data.isascii() or b"\0" in data:
+        return None
+    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if any(len(line) > 998 for line in data.split(b"\n")):
+        return None
+    return data.replace(b"\n", b"\r\n")
 
 
 def _date_value(value: datetime) -> str:

@@ -207,7 +207,7 @@ def _check_domain(value: object, field: str) -> str:
     if text.endswith("."):
         text = text[:-1]
     if not text.isascii():
-        import idna  # noqa: PLC0415 - only for internationalised names
+        import idna
 
         try:
             text = idna.encode(text, uts46=True).decode("ascii")
@@ -469,8 +469,8 @@ class DkimSigner:
         return dataclasses.replace(prepared, source=source, size=len(sig_header) + counted.total)
 
     def _sign(self, data: bytes) -> bytes:
-        from cryptography.hazmat.primitives import hashes  # noqa: PLC0415 - lazy
-        from cryptography.hazmat.primitives.asymmetric import padding, rsa  # noqa: PLC0415
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
         if isinstance(self._key, rsa.RSAPrivateKey):
             return self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
@@ -548,9 +548,9 @@ def _load_key(
     """Load the key; return it with its DNS public key bytes and its algorithm."""
     data = read_input(private_key, "private_key", pem_str=True)
     try:
-        from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415 - lazy
-        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-        from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: PLC0415
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
     except ImportError:  # pragma: no cover - depends on the installation
         raise ImportError(
             "DKIM signing needs the 'cryptography' package: pip install 'postillon[crypto]'"

@@ -95,11 +95,11 @@ class SmimeSigner:
         password: str | bytes | None = None,
     ) -> None:
         try:
-            from cryptography import x509  # noqa: PLC0415 - lazy: optional dependency
-            from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-            from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: PLC0415
-            from cryptography.hazmat.primitives.serialization import pkcs12  # noqa: PLC0415
-            from cryptography.x509.oid import NameOID  # noqa: PLC0415
+            from cryptography import x509
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ec, rsa
+            from cryptography.hazmat.primitives.serialization import pkcs12
+            from cryptography.x509.oid import NameOID
         except ImportError:  # pragma: no cover - depends on the installation
             raise ImportError(
                 "S/MIME signing needs the 'cryptography' package: pip install 'postillon[crypto]'"
@@ -264,8 +264,8 @@ class SmimeSigner:
 
     def _signed_data(self, content_digest: bytes, signing_time: datetime.datetime) -> bytes:
         """ContentInfo holding a detached SignedData (RFC 5652 3, 5.1), DER."""
-        from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
-        from cryptography.hazmat.primitives.asymmetric import ec, padding  # noqa: PLC0415
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, padding
 
         # RFC 5754 2: SHA-256 AlgorithmIdentifier without parameters
         sha256 = der.sequence(der.oid(OID_SHA256))
@@ -314,8 +314,8 @@ class SmimeSigner:
 
 def _check_usage(cert: x509.Certificate) -> None:
     """Refuse a certificate whose extensions forbid signing mail (RFC 8550 4.4)."""
-    from cryptography import x509  # noqa: PLC0415
-    from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: PLC0415
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value

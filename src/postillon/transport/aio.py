@@ -316,15 +316,24 @@ class AsyncConnection:
             return
         self.deadline = min(deadline, time.monotonic() + 5.0)
         # A failed QUIT never matters: the messages are already done (security.md 3.2).
+        answered = False
         with contextlib.suppress(Exception):
             await self.pump(self.conversation.quit())
-        self.close()
+            answered = True
+        # Polite close only after the server answered QUIT; else it is given up.
+        self.close(graceful=answered and not self.protocol.eof)
 
-    def close(self) -> None:
+    def close(self, *, graceful: bool = False) -> None:
+        """Close the connection. Only after a QUIT is it closed politely: a connection
+        given up (timeout, 421, I/O error, cancel) is aborted, so a stalled TLS peer
+        cannot hold it open while asyncio waits for its close_notify."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self.transport is not None:
-            self.transport.abort() if self.protocol.eof else self.transport.close()
+            if graceful:
+                self.transport.close()
+            else:
+                self.transport.abort()
             self.transport = None
         self.transcript.flush()

@@ -1,0 +1,1 @@
+"""The hardening matrix (security.md): faults, malformed replies, bad input, secrets, fuzzing."""
