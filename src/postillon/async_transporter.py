@@ -24,20 +24,26 @@ from typing import TYPE_CHECKING, Any
 
 from . import testing as _testing
 from .errors import InvalidMessage, SMTPError
+from .message.prepared import Prepared
 from .pool import Lifetime
-from .protocol.conversation import SendOptions, check_status
+from .protocol.conversation import SendOptions, check_status, invalid_status
 from .settings import Dsn
 from .status import SendStatus, Status
 from .transport.aio import AsyncConnection
 from .transport.transcript import Transcript
-from .transporter import Batch, Message, Staged, TransporterBase, _gate, _invalid
+from .transporter import _EMPTY, Batch, Message, Staged, TransporterBase, _gate, _invalid
 
 if TYPE_CHECKING:
-    from .signing import DkimSigner
+    from .signing import DkimSigner, SmimeSigner
 
 __all__ = ["AsyncTransporter"]
 
 log = logging.getLogger("postillon.async_transporter")
+
+#: an in-memory message up to this size is signed on the event loop (a few
+#: milliseconds of hashing and one signature: cheaper than a trip to a worker thread);
+#: anything larger, or read from files, is signed in a worker thread
+SIGN_ON_LOOP_MAX = 256 * 1024
 
 
 class AsyncTransporter(TransporterBase):
@@ -261,8 +267,10 @@ class AsyncTransporter(TransporterBase):
     ) -> SendStatus:
         """Send one message on a pooled connection; see :meth:`Transporter.send`."""
         staged = self._stage(mail, from_, to)
+        signer = self._smime_arg(smime)
+        staged = await self._sign_early(staged, signer, dkim)
         opts = SendOptions(dsn=dsn, require_tls=require_tls)
-        batch = Batch(self, [staged], opts, self._smime_arg(smime), dkim)
+        batch = Batch(self, [staged], opts, signer, dkim)
         await self._drive(batch)
         return batch.statuses()[0]
 
@@ -289,11 +297,11 @@ class AsyncTransporter(TransporterBase):
             i = 0
             if isinstance(mails, AsyncIterable):
                 async for mail in mails:
-                    await queue.put((i, self._stage_or_status(mail)))
+                    await queue.put((i, await self._stage_signed(mail)))
                     i += 1
             else:
                 for mail in mails:
-                    await queue.put((i, self._stage_or_status(mail)))
+                    await queue.put((i, await self._stage_signed(mail)))
                     i += 1
             for _ in range(self._max):
                 await queue.put(None)
@@ -330,6 +338,43 @@ class AsyncTransporter(TransporterBase):
             return self._stage(mail, None, None)
         except InvalidMessage as exc:
             return _invalid(exc)
+
+    async def _stage_signed(self, mail: Message) -> Staged | SendStatus:
+        """Staged and, when a signer applies, signed (off the loop); or a failed status."""
+        staged = self._stage_or_status(mail)
+        if isinstance(staged, SendStatus):
+            return staged
+        try:
+            return await self._sign_early(staged, None, None)
+        except InvalidMessage as exc:  # e.g. DKIM without a From field: this one fails
+            return invalid_status(exc, staged.prepared or _EMPTY)
+
+    async def _sign_early(
+        self, staged: Staged, smime: SmimeSigner | None, dkim: DkimSigner | None
+    ) -> Staged:
+        """Sign at staging, before the message enters a batch, without blocking the loop.
+
+        Signing reads the whole message once (the body hash, the S/MIME digest): for a
+        file attachment that is disk I/O and for any large message seconds of hashing,
+        which the batch would otherwise do on the event loop when the conversation takes
+        the message. Here it runs in a worker thread (:func:`asyncio.to_thread`), and the
+        result is marked signed so that ``_final`` sends it as is. The ``smtputf8=False``
+        rendering is the one signed; a message that needs SMTPUTF8 gets its SMTPUTF8
+        rendering signed instead.
+        """
+        if staged.signed:
+            return staged
+        if isinstance(staged.original, Prepared):
+            # a spooled message: only the transporter's own signers apply (_sign_stored)
+            signs = self._settings.smime is not None or self._settings.dkim is not None
+        else:
+            signs = any(signer is not None for signer in self._signers(smime, dkim))
+        if not signs:
+            return staged
+        p = staged.prepared
+        if p is not None and p.in_memory and p.size is not None and p.size <= SIGN_ON_LOOP_MAX:
+            return self._sign_staged(staged, smime, dkim)
+        return await asyncio.to_thread(self._sign_staged, staged, smime, dkim)
 
     async def _drive(self, batch: Batch) -> None:
         """The async twin of Transporter._run: the loop only, decisions are in Batch."""

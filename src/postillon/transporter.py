@@ -246,6 +246,11 @@ class Staged:
     original: object
     prepared: Prepared | None  # None: it needs SMTPUTF8
     error: InvalidMessage | None = None
+    #: the renderings are final, signed already (:meth:`TransporterBase._sign_staged`):
+    #: ``_final`` must not sign them again
+    signed: bool = False
+    #: for a message that needs SMTPUTF8 and was signed early: its signed rendering
+    utf8: Prepared | None = None
 
 
 class TransporterBase:
@@ -444,6 +449,8 @@ class TransporterBase:
                     f"{staged.error.message} (the server does not offer SMTPUTF8)",
                     staged.error.field,
                 )
+            if staged.utf8 is not None:
+                return staged.utf8  # rendered and signed at staging
             s = self._settings
             prepared = prepare(
                 staged.original,  # type: ignore[arg-type]
@@ -451,20 +458,92 @@ class TransporterBase:
                 body_charset=s.body_charset,
                 smtputf8=True,
             )
+        if staged.signed:
+            return prepared  # signed at staging (asyncio, spool submit)
         if isinstance(staged.original, Prepared):
-            return prepared  # spooled bytes are sent exactly as stored (already signed)
+            # spooled bytes: sent exactly as stored when signed at submit
+            return self._sign_stored(prepared)
         return self._sign(prepared, smime, dkim)
+
+    def _signers(
+        self, smime: SmimeSigner | None, dkim: DkimSigner | None
+    ) -> tuple[SmimeSigner | None, DkimSigner | None]:
+        """The signers that apply: the message's own, else the transporter's."""
+        return smime or self._settings.smime, dkim or self._settings.dkim
 
     def _sign(
         self, prepared: Prepared, smime: SmimeSigner | None, dkim: DkimSigner | None
     ) -> Prepared:
-        smime = smime or self._settings.smime
-        dkim = dkim or self._settings.dkim
-        if smime is not None:
-            prepared = smime.sign(prepared)  # S/MIME first: DKIM signs the final bytes
-        if dkim is not None:
-            prepared = dkim.sign(prepared)
-        return prepared
+        return _apply_signers(prepared, *self._signers(smime, dkim))
+
+    def _sign_staged(
+        self, staged: Staged, smime: SmimeSigner | None, dkim: DkimSigner | None
+    ) -> Staged:
+        """``staged`` with its renderings signed now, marked so ``_final`` keeps them.
+
+        Blocking work: signing reads the whole message once (an attachment file from
+        disk); the asyncio transporter calls this in a worker thread. A message that
+        needs SMTPUTF8 gets its SMTPUTF8 rendering signed (the only one that can go). A
+        :class:`Prepared` (a spooled message) is treated as in :meth:`_final`.
+        """
+        if staged.signed:
+            return staged
+        if isinstance(staged.original, Prepared):
+            stored = self._sign_stored(staged.original)
+            return Staged(stored, stored, signed=True)
+        smime, dkim = self._signers(smime, dkim)
+        if smime is None and dkim is None:
+            return staged
+        if staged.prepared is not None:
+            return Staged(
+                staged.original, _apply_signers(staged.prepared, smime, dkim), signed=True
+            )
+        s = self._settings
+        utf8 = prepare(
+            staged.original,  # type: ignore[arg-type]
+            header_charset=s.header_charset,
+            body_charset=s.body_charset,
+            smtputf8=True,
+        )
+        return Staged(
+            staged.original,
+            None,
+            staged.error,
+            signed=True,
+            utf8=_apply_signers(utf8, smime, dkim),
+        )
+
+    def _sign_stored(self, prepared: Prepared) -> Prepared:
+        """A spooled message, signed by this transporter's signers unless it already is.
+
+        ``Transporter(asynchronous=True).send()`` stores signed bytes, so that a retry
+        sends the very same bytes (DKIM ``t=`` and the S/MIME signature unchanged) and
+        nothing is signed twice. A message queued with ``Spool.submit()`` went through no
+        transporter: it is signed here, at each delivery attempt. The header block tells
+        which case this is: our own DKIM-Signature (same ``d=`` and ``s=``) means it was
+        signed at submit, S/MIME before DKIM if at all; a top-level
+        ``multipart/signed`` means the S/MIME signature is there already.
+        """
+        smime, dkim = self._settings.smime, self._settings.dkim
+        if smime is None and dkim is None:
+            return prepared
+        from .signing._stream import crlf_chunks, parse_fields, split_message
+
+        header, _ = split_message(crlf_chunks(prepared.chunks()))  # reads the first blocks
+        fields = parse_fields(header)
+        if dkim is not None and any(
+            f.key == "dkim-signature" and _same_dkim_signer(f.value, dkim) for f in fields
+        ):
+            return prepared
+        if smime is not None and any(
+            f.key == "content-type" and f.value.strip().lower().startswith(b"multipart/signed")
+            for f in fields
+        ):
+            smime = None
+        if smime is None and dkim is None:
+            return prepared
+        log.debug("signing spooled message %s at delivery", prepared.message_id or "(no id)")
+        return _apply_signers(prepared, smime, dkim)
 
     @staticmethod
     def _smime_arg(value: object) -> SmimeSigner | None:
@@ -479,6 +558,30 @@ class TransporterBase:
         if isinstance(value, str | bytes | os.PathLike):
             return SmimeSigner(value)
         raise ValueError("smime: a PKCS#12 path or bytes, or a (certificate, password) pair")
+
+
+def _apply_signers(
+    prepared: Prepared, smime: SmimeSigner | None, dkim: DkimSigner | None
+) -> Prepared:
+    if smime is not None:
+        prepared = smime.sign(prepared)  # S/MIME first: DKIM signs the final bytes
+    if dkim is not None:
+        prepared = dkim.sign(prepared)
+    return prepared
+
+
+def _same_dkim_signer(value: bytes, dkim: DkimSigner) -> bool:
+    """Is this DKIM-Signature value one of ``dkim``'s (its ``d=`` and ``s=``)?"""
+    # RFC 6376 3.2: tag=value pairs separated by ";", whitespace around them ignored
+    tags: dict[str, str] = {}
+    for part in b"".join(value.split()).split(b";"):
+        name, eq, text = part.partition(b"=")
+        if eq:
+            tags[name.decode("ascii", "replace")] = text.decode("ascii", "replace")
+    return (
+        tags.get("d", "").lower() == dkim.domain.lower()
+        and tags.get("s", "").lower() == dkim.selector.lower()
+    )
 
 
 class Transporter(TransporterBase):
@@ -698,9 +801,10 @@ class Transporter(TransporterBase):
         self, staged: Staged, smime: SmimeSigner | None, dkim: DkimSigner | None
     ) -> SendStatus:
         assert self._spool is not None
-        prepared = staged.prepared
-        if prepared is not None:
-            prepared = self._sign(prepared, smime, dkim)
+        # Signed once, here: the spool stores the signed bytes, so a retry sends them
+        # unchanged (the worker's _sign_stored() sees our signature and adds none).
+        staged = self._sign_staged(staged, smime, dkim)
+        prepared = staged.prepared if staged.prepared is not None else staged.utf8
         mail_id = self._spool.submit(prepared if prepared is not None else staged.original)
         with self._lock:
             if self._worker is None:
@@ -732,7 +836,12 @@ class Transporter(TransporterBase):
         return other
 
     def _send_prepared(self, prepared: Prepared) -> SendStatus:
-        """Send bytes exactly as prepared (the spool's path: no re-render, no re-signing)."""
+        """Send a spooled message (the spool's path: no re-render, never signed twice).
+
+        Bytes signed at submit go exactly as stored; a message queued unsigned with
+        ``Spool.submit()`` is signed by this transporter's signers
+        (``_final`` -> :meth:`_sign_stored`, as for the batches of ``send_many``).
+        """
         return self._run([Staged(prepared, prepared)], SendOptions(), None, None)[0]
 
     def _failed_conversation(self) -> Conversation | None:
@@ -818,7 +927,11 @@ def split_recipients(item: Staged | SendStatus) -> list[Staged | SendStatus]:
         rcpts = item.prepared.recipients
         if len(rcpts) > MAX_RECIPIENTS:
             return [
-                Staged(item.original, item.prepared.with_recipients(rcpts[i : i + MAX_RECIPIENTS]))
+                Staged(
+                    item.original,
+                    item.prepared.with_recipients(rcpts[i : i + MAX_RECIPIENTS]),
+                    signed=item.signed,  # one signature for every part, made once
+                )
                 for i in range(0, len(rcpts), MAX_RECIPIENTS)
             ]
     return [item]

@@ -1,179 +1,54 @@
-"""Fixtures for the signing tests: keys, a throwaway CA, S/MIME certificates, messages."""
+"""Fixtures for the signing tests: keys, a throwaway CA, S/MIME certificates.
+
+The helpers themselves live in :mod:`signing_helpers` (importable from other test
+folders); their names are re-exported here for the modules that import them from
+``.conftest``.
+"""
 
 from __future__ import annotations
 
-import datetime
-import shutil
-import subprocess
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from email.message import EmailMessage
-from email.policy import SMTP
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from postillon.message.prepared import Prepared
+from .signing_helpers import (
+    P12_PASSWORD,
+    DkimKeys,
+    Pki,
+    dns_for,
+    make_ca,
+    make_dkim_keys,
+    make_pki,
+    make_signer,
+    new_rsa_key,
+    openssl_path,
+    openssl_verify,
+    prepared,
+    rich_message,
+    simple_message,
+    to_p12,
+)
 
-P12_PASSWORD = b"correct horse battery staple"
-
-
-def prepared(data: bytes, chunk: int = 7_000) -> Prepared:
-    """A Prepared over ``data`` handed out in chunks of ``chunk`` bytes."""
-
-    def source() -> Iterable[bytes]:
-        return (data[i : i + chunk] for i in range(0, len(data), chunk))
-
-    return Prepared("ann@example.com", ("bob@example.org",), "<m1@example.com>", source, len(data))
-
-
-def simple_message() -> bytes:
-    return (
-        b"From: Ann <ann@example.com>\r\n"
-        b"To: Bob <bob@example.org>\r\n"
-        b"Subject: Hello\r\n"
-        b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n"
-        b"Message-ID: <m1@example.com>\r\n"
-        b"MIME-Version: 1.0\r\n"
-        b"Content-Type: text/plain; charset=us-ascii\r\n"
-        b"Content-Transfer-Encoding: 7bit\r\n"
-        b"\r\n"
-        b"Hello Bob,\r\n\r\nsee you  tomorrow. \r\n"
-    )
-
-
-def rich_message(attachment_size: int = 200_000) -> bytes:
-    """Non-ASCII headers, a long folded header, text + HTML, and a binary attachment."""
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = "Zoë Ærø <zoe@example.com>"
-    msg["To"] = ", ".join(f"Ünïcode Person {i} <p{i}@example.org>" for i in range(6))
-    msg["Cc"] = "Renée <renee@example.net>"
-    msg["Subject"] = "Réunion — compte rendu d'une très longue réunion " * 3
-    msg["Date"] = "Tue, 02 Jan 2024 09:30:00 +0100"
-    msg["Message-ID"] = "<m2@example.com>"
-    msg["References"] = " ".join(f"<ref{i}@example.com>" for i in range(12))
-    msg.set_content("Bonjour,\n\nvoici le fichier. Ça marche ?\n")
-    msg.add_alternative("<p>Bonjour, <b>voici</b> le fichier.</p>\n", subtype="html")
-    payload = bytes(range(256)) * (attachment_size // 256)
-    msg.add_attachment(
-        payload, maintype="application", subtype="octet-stream", filename="données.bin"
-    )
-    data = msg.as_bytes()
-    assert b"\n" in data and b"\r\n" in data
-    return data
-
-
-@dataclass
-class Pki:
-    ca_pem: Path
-    p12: bytes  # signer certificate + key + CA, password P12_PASSWORD
-    tmp: Path
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_ca(key: rsa.RSAPrivateKey) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name("postillon test CA"))
-        .issuer_name(_name("postillon test CA"))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-
-
-def make_signer(
-    ca: x509.Certificate,
-    ca_key: rsa.RSAPrivateKey,
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
-    *,
-    days: tuple[int, int] = (-1, 30),
-    email_eku: bool = True,
-    signing_usage: bool = True,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.COMMON_NAME, "Ann Signer"),
-                    x509.NameAttribute(NameOID.EMAIL_ADDRESS, "ann@example.com"),
-                ]
-            )
-        )
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now + datetime.timedelta(days=days[0]))
-        .not_valid_after(now + datetime.timedelta(days=days[1]))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.RFC822Name("ann@example.com")]), critical=False
-        )
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=signing_usage,
-                content_commitment=signing_usage,
-                key_encipherment=not signing_usage,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    )
-    eku = ExtendedKeyUsageOID.EMAIL_PROTECTION if email_eku else ExtendedKeyUsageOID.SERVER_AUTH
-    builder = builder.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-    return builder.sign(ca_key, hashes.SHA256())
-
-
-def to_p12(
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | None,
-    cert: x509.Certificate,
-    cas: list[x509.Certificate],
-    password: bytes | None = P12_PASSWORD,
-) -> bytes:
-    enc = (
-        serialization.BestAvailableEncryption(password)
-        if password
-        else serialization.NoEncryption()
-    )
-    return pkcs12.serialize_key_and_certificates(b"ann", key, cert, cas, enc)
+__all__ = [
+    "P12_PASSWORD",
+    "DkimKeys",
+    "Pki",
+    "dns_for",
+    "make_ca",
+    "make_signer",
+    "openssl_verify",
+    "prepared",
+    "rich_message",
+    "simple_message",
+    "to_p12",
+]
 
 
 @pytest.fixture(scope="session")
 def ca_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return new_rsa_key()
 
 
 @pytest.fixture(scope="session")
@@ -183,7 +58,7 @@ def ca_cert(ca_key: rsa.RSAPrivateKey) -> x509.Certificate:
 
 @pytest.fixture(scope="session")
 def signer_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return new_rsa_key()
 
 
 @pytest.fixture
@@ -193,78 +68,14 @@ def pki(
     ca_cert: x509.Certificate,
     signer_key: rsa.RSAPrivateKey,
 ) -> Pki:
-    ca_pem = tmp_path / "ca.pem"
-    ca_pem.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert = make_signer(ca_cert, ca_key, signer_key)
-    return Pki(ca_pem, to_p12(signer_key, cert, [ca_cert]), tmp_path)
+    return make_pki(tmp_path, ca_key, ca_cert, signer_key)
 
 
 @pytest.fixture(scope="session")
 def openssl() -> str:
-    path = shutil.which("openssl")
-    if path is None:
-        pytest.skip("the openssl command is not installed (needed to verify S/MIME)")
-    return path
-
-
-def openssl_verify(
-    openssl: str, ca_pem: Path, message: bytes, tmp: Path
-) -> subprocess.CompletedProcess[bytes]:
-    """Run ``openssl cms -verify`` over an S/MIME message; return the finished process."""
-    eml = tmp / "signed.eml"
-    eml.write_bytes(message)
-    out = tmp / "content.out"
-    return subprocess.run(
-        [
-            openssl,
-            "cms",
-            "-verify",
-            "-in",
-            str(eml),
-            "-inform",
-            "SMIME",
-            "-CAfile",
-            str(ca_pem),
-            "-purpose",
-            "smimesign",
-            "-out",
-            str(out),
-        ],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-
-
-@dataclass
-class DkimKeys:
-    rsa_pem: bytes
-    ed25519_pem: bytes
+    return openssl_path()
 
 
 @pytest.fixture(scope="session")
 def dkim_keys() -> DkimKeys:
-    def pem(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    return DkimKeys(
-        pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
-        pem(ed25519.Ed25519PrivateKey.generate()),
-    )
-
-
-def dns_for(*signers: object) -> Callable[..., bytes | None]:
-    """A dkimpy ``dnsfunc`` answering the TXT lookups of the given signers."""
-    records = {
-        f"{s.record_name}.".encode(): s.dns_record().encode()  # type: ignore[attr-defined]
-        for s in signers
-    }
-
-    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
-        return records.get(name)
-
-    return dnsfunc
+    return make_dkim_keys()

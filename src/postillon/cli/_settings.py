@@ -16,6 +16,12 @@ manner of msmtp's accounts::
 The password never comes from a flag (it would show in ``ps`` and in the shell history):
 it comes from ``POSTILLON_PASSWORD``, the account's ``password_command`` (run without a
 shell), or a prompt when stdin is a terminal.
+
+Signing (``send`` and ``spool submit``) resolves the same way (:func:`resolve_signing`):
+``--dkim-key``/``--dkim-domain``/``--dkim-selector`` > ``POSTILLON_DKIM_*`` > the
+account's ``dkim_key``/``dkim_domain``/``dkim_selector``; ``--smime-cert`` >
+``POSTILLON_SMIME_CERT`` > ``smime_cert``, its password from ``POSTILLON_SMIME_PASSWORD``
+or the account's ``smime_password_command``, never from a flag.
 """
 
 from __future__ import annotations
@@ -31,16 +37,22 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..settings import AuthMode, IgnoreCert, Security
+
+if TYPE_CHECKING:
+    from ..signing import DkimSigner, SmimeSigner
 
 __all__ = [
     "ENV_PREFIX",
     "ServerSettings",
+    "SigningSettings",
     "UsageError",
     "add_server_arguments",
+    "add_signing_arguments",
     "resolve",
+    "resolve_signing",
 ]
 
 ENV_PREFIX = "POSTILLON_"
@@ -70,7 +82,15 @@ _ACCOUNT_KEYS = {
     "log_file",
     "ehlo_name",
     "from",
+    "dkim_key",
+    "dkim_domain",
+    "dkim_selector",
+    "smime_cert",
+    "smime_password_command",
 }
+
+#: a DKIM key or a PKCS#12 file is a few kilobytes; refuse to read a huge file by mistake
+MAX_KEY_FILE = 1024 * 1024
 
 SETTINGS_EPILOG = """\
 server settings, highest precedence first:
@@ -85,6 +105,18 @@ server settings, highest precedence first:
 --security none is clear text throughout (the login too): use it on loopback only.
 the password comes from POSTILLON_PASSWORD, the account's password_command, or a prompt
 (on a terminal only); never from a flag.
+"""
+
+
+SIGNING_EPILOG = """\
+
+signing, highest precedence first (each setting on its own):
+  DKIM:   --dkim-key PEM --dkim-domain D --dkim-selector S; POSTILLON_DKIM_KEY,
+          POSTILLON_DKIM_DOMAIN, POSTILLON_DKIM_SELECTOR; account keys dkim_key,
+          dkim_domain, dkim_selector (the three go together)
+  S/MIME: --smime-cert P12; POSTILLON_SMIME_CERT; account key smime_cert. Its password
+          from POSTILLON_SMIME_PASSWORD or the account's smime_password_command; never
+          from a flag.
 """
 
 
@@ -280,19 +312,20 @@ def load_account(config: str | None, account: str | None) -> tuple[str | None, d
     return name, values
 
 
-def run_password_command(command: object, account: str) -> str:
-    """Run ``password_command`` without a shell; its first output line is the password."""
+def run_password_command(command: object, account: str, key: str = "password_command") -> str:
+    """Run ``password_command`` (or the account's ``key``) without a shell; its first
+    output line is the password."""
     if isinstance(command, str):
         try:
             argv = shlex.split(command)
         except ValueError as exc:
-            raise UsageError(f"account {account!r}: password_command: {exc}") from None
+            raise UsageError(f"account {account!r}: {key}: {exc}") from None
     elif isinstance(command, list) and all(isinstance(a, str) for a in command):
         argv = list(command)
     else:
-        raise UsageError(f"account {account!r}: password_command must be a string or a list")
+        raise UsageError(f"account {account!r}: {key} must be a string or a list")
     if not argv:
-        raise UsageError(f"account {account!r}: password_command is empty")
+        raise UsageError(f"account {account!r}: {key} is empty")
     try:
         done = subprocess.run(  # argv from the user's own config, never a shell
             argv,
@@ -302,21 +335,17 @@ def run_password_command(command: object, account: str) -> str:
             check=False,
         )
     except FileNotFoundError:
-        raise UsageError(
-            f"account {account!r}: password_command: program not found: {argv[0]}"
-        ) from None
+        raise UsageError(f"account {account!r}: {key}: program not found: {argv[0]}") from None
     except subprocess.TimeoutExpired:
-        raise UsageError(f"account {account!r}: password_command timed out") from None
+        raise UsageError(f"account {account!r}: {key} timed out") from None
     if done.returncode != 0:
         # its stderr may say why; its stdout may hold a secret, so it is never shown
         why = done.stderr.decode("utf-8", "replace").strip().splitlines()
         hint = f": {why[-1][:200]}" if why else ""
-        raise UsageError(
-            f"account {account!r}: password_command failed (exit {done.returncode}){hint}"
-        )
+        raise UsageError(f"account {account!r}: {key} failed (exit {done.returncode}){hint}")
     lines = done.stdout.decode("utf-8", "replace").splitlines()
     if not lines or not lines[0]:
-        raise UsageError(f"account {account!r}: password_command printed no password")
+        raise UsageError(f"account {account!r}: {key} printed no password")
     return lines[0]
 
 
@@ -417,3 +446,169 @@ def _password(
         return prompt(f"Password for {user}: ")
     except (EOFError, KeyboardInterrupt):
         raise UsageError("no password given") from None
+
+
+# --- signing ----------------------------------------------------------------------------
+
+
+@dataclass
+class SigningSettings:
+    """The resolved signers of ``send`` / ``spool submit`` (both None: no signing).
+
+    ``smime_certificate`` and ``smime_password`` are what :class:`~postillon.Transporter`
+    takes; ``smime`` is the signer they make, loaded once here so that a wrong password
+    or a bad file is a usage error before anything connects.
+    """
+
+    dkim: DkimSigner | None = None
+    smime: SmimeSigner | None = field(default=None, repr=False)
+    smime_certificate: bytes | None = field(default=None, repr=False)
+    smime_password: str | None = field(default=None, repr=False)
+    #: the account's default sender ("from" key), if an account was read
+    default_from: str | None = None
+
+    def transporter_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments that make a Transporter sign the same way."""
+        kw: dict[str, Any] = {}
+        if self.dkim is not None:
+            kw["dkim"] = self.dkim
+        if self.smime_certificate is not None:
+            kw["smime_certificate"] = self.smime_certificate
+            kw["smime_password"] = self.smime_password
+        return kw
+
+
+def add_signing_arguments(parser: argparse.ArgumentParser, *, account: bool = False) -> None:
+    """The signing flags of ``send`` and ``spool submit``.
+
+    ``account``: also add ``--account`` and ``--config`` (for a command without the
+    server flags, which carry them otherwise).
+    """
+    g = parser.add_argument_group("signing (see the end of this help)")
+    if account:
+        g.add_argument("--account", metavar="NAME", help="a named account of the TOML file")
+        g.add_argument("--config", metavar="PATH", help=f"the TOML file (default {DEFAULT_CONFIG})")
+    g.add_argument(
+        "--dkim-key",
+        metavar="PATH",
+        help="DKIM-sign with this unencrypted RSA or Ed25519 private key (PEM or DER)",
+    )
+    g.add_argument("--dkim-domain", metavar="DOMAIN", help="the DKIM d= domain")
+    g.add_argument("--dkim-selector", metavar="NAME", help="the DKIM s= selector")
+    g.add_argument(
+        "--smime-cert",
+        metavar="P12",
+        help="S/MIME-sign with this PKCS#12 file (password: POSTILLON_SMIME_PASSWORD "
+        "or the account's smime_password_command)",
+    )
+
+
+def _read_key_file(value: object, src: str) -> bytes:
+    path = Path(str(value)).expanduser()
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UsageError(f"{src}: no such file: {value}") from None
+    except OSError as exc:
+        raise UsageError(f"{src}: cannot read {value}: {exc.strerror}") from None
+    if not path.is_file():
+        raise UsageError(f"{src}: not a file: {value}")
+    if size > MAX_KEY_FILE:
+        raise UsageError(f"{src}: {value} is too large to be a key or certificate file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{src}: cannot read {value}: {exc.strerror}") from None
+    if not data:
+        raise UsageError(f"{src}: {value} is empty")
+    return data
+
+
+def _signer_error(exc: ValueError, labels: Mapping[str, str]) -> UsageError:
+    """A signer's ValueError ("field: problem") as a usage error naming our source."""
+    text = str(exc)
+    field_name, sep, problem = text.partition(": ")
+    if sep and field_name in labels:
+        return UsageError(f"{labels[field_name]}: {problem}")
+    return UsageError(text)
+
+
+def resolve_signing(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> SigningSettings:
+    """The signers from flags > ``POSTILLON_*`` > account; :class:`UsageError` when bad.
+
+    Keys and certificates are read and checked here (a missing file, a wrong password,
+    a DKIM key without its domain), before any connection.
+    """
+    env = os.environ if environ is None else environ
+    account_name = getattr(args, "account", None) or _env(env, "ACCOUNT")
+    config = getattr(args, "config", None) or _env(env, "CONFIG")
+    name, acct = load_account(config, account_name)
+    where = f"account {name!r}: " if name else ""
+    out = SigningSettings(default_from=str(acct["from"]) if "from" in acct else None)
+
+    def pick(flag: str, env_name: str, key: str) -> tuple[Any, str] | None:
+        value = getattr(args, flag, None)
+        if value is not None:
+            return value, "--" + flag.replace("_", "-")
+        value = _env(env, env_name)
+        if value is not None:
+            return value, ENV_PREFIX + env_name
+        if key in acct:
+            return acct[key], f"{where}{key}"
+        return None
+
+    key = pick("dkim_key", "DKIM_KEY", "dkim_key")
+    domain = pick("dkim_domain", "DKIM_DOMAIN", "dkim_domain")
+    selector = pick("dkim_selector", "DKIM_SELECTOR", "dkim_selector")
+    if key is None:
+        for given in (domain, selector):
+            if given is not None:
+                raise UsageError(
+                    f"{given[1]}: given without a DKIM key "
+                    "(--dkim-key, POSTILLON_DKIM_KEY or the account's dkim_key)"
+                )
+    else:
+        if domain is None:
+            raise UsageError(
+                f"{key[1]}: needs the signing domain (--dkim-domain, POSTILLON_DKIM_DOMAIN "
+                "or the account's dkim_domain)"
+            )
+        if selector is None:
+            raise UsageError(
+                f"{key[1]}: needs the selector (--dkim-selector, POSTILLON_DKIM_SELECTOR "
+                "or the account's dkim_selector)"
+            )
+        pem = _read_key_file(key[0], key[1])
+        from ..signing import DkimSigner
+
+        try:
+            out.dkim = DkimSigner(str(domain[0]), str(selector[0]), pem)
+        except ValueError as exc:
+            raise _signer_error(
+                exc, {"domain": domain[1], "selector": selector[1], "private_key": key[1]}
+            ) from None
+    cert = pick("smime_cert", "SMIME_CERT", "smime_cert")
+    if cert is not None:
+        data = _read_key_file(cert[0], cert[1])
+        password: str | None = env.get(ENV_PREFIX + "SMIME_PASSWORD") or None
+        if password is None and "smime_password_command" in acct:
+            password = run_password_command(
+                acct["smime_password_command"], name or "?", "smime_password_command"
+            )
+        from ..signing import SmimeSigner
+
+        try:
+            out.smime = SmimeSigner(data, password)
+        except ValueError as exc:
+            error = _signer_error(exc, {"smime_certificate": cert[1]})
+            if password is None and "password" in str(exc):
+                error = UsageError(
+                    f"{error} (no password was given: set POSTILLON_SMIME_PASSWORD or "
+                    "the account's smime_password_command)"
+                )
+            raise error from None
+        out.smime_certificate = data
+        out.smime_password = password
+    return out

@@ -23,7 +23,15 @@ from typing import Any
 from ..message import Attachment, Email, RawMessage
 from ..status import SendStatus
 from ._common import EXIT_FAILED, EXIT_OK, Progress, print_json, status_line
-from ._settings import SETTINGS_EPILOG, UsageError, add_server_arguments, resolve
+from ._settings import (
+    SETTINGS_EPILOG,
+    SIGNING_EPILOG,
+    UsageError,
+    add_server_arguments,
+    add_signing_arguments,
+    resolve,
+    resolve_signing,
+)
 
 __all__ = ["add_message_arguments", "add_parsers", "build_messages"]
 
@@ -40,12 +48,18 @@ examples:
   postillon send --account work --to bob@example.com --html page.html --attach a.pdf
   postillon send --host 127.0.0.1 --port 2525 --security none --eml ready.eml --json
   postillon send --account test --to sink@example.com --count 1000 --progress
+  postillon send --account work --to bob@example.com --text report.txt \\
+      --dkim-key dkim.pem --dkim-domain example.com --dkim-selector mail2025
+  POSTILLON_SMIME_PASSWORD=... postillon send --account work --to bob@example.com \\
+      --text signed.txt --smime-cert ann.p12
 
 exit status: 0 every message accepted for every recipient, 1 the server refused
-(or could not be reached), 2 bad usage (invalid address, missing file, unknown account).
+(or could not be reached), 2 bad usage (invalid address, missing file, unknown account,
+a key or certificate that cannot be loaded).
 
 """
     + SETTINGS_EPILOG
+    + SIGNING_EPILOG
 )
 
 CHECK_EPILOG = (
@@ -77,6 +91,7 @@ def add_parsers(sub: Any) -> None:
     o.add_argument("--json", action="store_true", help="print the status object(s) as JSON")
     o.add_argument("--progress", action="store_true", help="progress on stderr even if piped")
     add_server_arguments(send)
+    add_signing_arguments(send)
     send.set_defaults(handler=run_send)
 
     check = sub.add_parser(
@@ -272,9 +287,11 @@ def run_send(args: argparse.Namespace) -> int:
     """``postillon send``: exit 0 when every message was accepted for every recipient."""
     count = _count(args.count)
     settings = resolve(args)
+    # keys and certificates are loaded before anything connects: a bad one is exit 2
+    signing = resolve_signing(args)
     mails = build_messages(args, settings.default_from)
     total = len(mails) * count
-    transporter = settings.transporter(keep_alive=True)
+    transporter = settings.transporter(keep_alive=True, **signing.transporter_kwargs())
     statuses: list[SendStatus] = []
     try:
         if total == 1:
