@@ -49,6 +49,7 @@ from .protocol.conversation import (
     invalid_status,
 )
 from .settings import AuthMode, Dsn, IgnoreCert, Security
+from .signing import sign as _sign_with
 from .status import RecipientStatus, SendStatus, SpoolState, Status
 from .transport import tls as _tls
 from .transport.common import Endpoint
@@ -474,7 +475,7 @@ class TransporterBase:
     def _sign(
         self, prepared: Prepared, smime: SmimeSigner | None, dkim: DkimSigner | None
     ) -> Prepared:
-        return _apply_signers(prepared, *self._signers(smime, dkim))
+        return _sign_with(prepared, *self._signers(smime, dkim))
 
     def _sign_staged(
         self, staged: Staged, smime: SmimeSigner | None, dkim: DkimSigner | None
@@ -495,9 +496,7 @@ class TransporterBase:
         if smime is None and dkim is None:
             return staged
         if staged.prepared is not None:
-            return Staged(
-                staged.original, _apply_signers(staged.prepared, smime, dkim), signed=True
-            )
+            return Staged(staged.original, _sign_with(staged.prepared, smime, dkim), signed=True)
         s = self._settings
         utf8 = prepare(
             staged.original,  # type: ignore[arg-type]
@@ -510,7 +509,7 @@ class TransporterBase:
             None,
             staged.error,
             signed=True,
-            utf8=_apply_signers(utf8, smime, dkim),
+            utf8=_sign_with(utf8, smime, dkim),
         )
 
     def _sign_stored(self, prepared: Prepared) -> Prepared:
@@ -543,7 +542,7 @@ class TransporterBase:
         if smime is None and dkim is None:
             return prepared
         log.debug("signing spooled message %s at delivery", prepared.message_id or "(no id)")
-        return _apply_signers(prepared, smime, dkim)
+        return _sign_with(prepared, smime, dkim)
 
     @staticmethod
     def _smime_arg(value: object) -> SmimeSigner | None:
@@ -558,16 +557,6 @@ class TransporterBase:
         if isinstance(value, str | bytes | os.PathLike):
             return SmimeSigner(value)
         raise ValueError("smime: a PKCS#12 path or bytes, or a (certificate, password) pair")
-
-
-def _apply_signers(
-    prepared: Prepared, smime: SmimeSigner | None, dkim: DkimSigner | None
-) -> Prepared:
-    if smime is not None:
-        prepared = smime.sign(prepared)  # S/MIME first: DKIM signs the final bytes
-    if dkim is not None:
-        prepared = dkim.sign(prepared)
-    return prepared
 
 
 def _same_dkim_signer(value: bytes, dkim: DkimSigner) -> bool:

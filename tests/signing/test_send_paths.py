@@ -368,6 +368,29 @@ def test_spool_submit_without_signer_is_signed_at_each_delivery(
     assert received.content.count(b"DKIM-Signature:") == 1
 
 
+def test_spool_submit_with_signers_stores_signed_bytes(
+    smtpd: Any, dkim_keys: DkimKeys, tmp_path: Path
+) -> None:
+    # Spool.submit(mail, dkim=...) signs once, at submit: the retry sends those bytes.
+    dkim = DkimSigner("example.com", "s2024", dkim_keys.rsa_pem)
+    server = smtpd(faults={"EOD": Fault(reply="451 4.3.0 later", times=1)})
+    db = tmp_path / "spool.db"
+    with Spool(db) as spool:
+        mail_id = spool.submit(
+            Email(from_="ann@example.com", to="bob@example.org", subject="x", text_body="y"),
+            dkim=dkim,
+        )
+        stored = stored_bytes(db, mail_id)
+        assert stored.startswith(b"DKIM-Signature: ")
+        time.sleep(1.1)  # a second signature would carry another t=
+        t = Transporter(server.host, server.port, **plain(server), dkim=dkim)
+        spool.run(t, workers=1, until_empty=True, retry=NOW_RETRY)
+        assert spool.status(mail_id).attempts == 2
+    [received] = server.wait_for(1)
+    assert received.content == stored
+    assert dkim_verifies(received.content, dkim)
+
+
 def test_spool_entry_signed_by_another_key_gets_ours_too(
     smtpd: Any, dkim_keys: DkimKeys, tmp_path: Path
 ) -> None:

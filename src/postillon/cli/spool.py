@@ -22,14 +22,12 @@ import threading
 from types import FrameType
 from typing import Any
 
-from ..message import CharsetMode
 from ..spool import RetryPolicy, RunStats, Spool
 from ..spool import cli as spool_cli
 from ._common import EXIT_FAILED, EXIT_OK, Progress, print_json
 from ._settings import (
     SETTINGS_EPILOG,
     SIGNING_EPILOG,
-    SigningSettings,
     UsageError,
     add_server_arguments,
     add_signing_arguments,
@@ -144,35 +142,21 @@ def _delegate(args: argparse.Namespace) -> int:
     return result
 
 
-def _signed(mail: object, signing: SigningSettings) -> object:
-    """``mail`` rendered and signed once, as the spool will store it (S/MIME, then DKIM).
-
-    The rendering is the spool's own (``Spool.submit`` does the same for an unsigned
-    message), so the signed bytes are exactly the ones every attempt sends.
-    """
-    if signing.dkim is None and signing.smime is None:
-        return mail
-    prepared = Spool._prepare(mail, CharsetMode.UTF8_QP, CharsetMode.UTF8_QP)
-    if signing.smime is not None:
-        prepared = signing.smime.sign(prepared)  # S/MIME first: DKIM signs the final bytes
-    if signing.dkim is not None:
-        prepared = signing.dkim.sign(prepared)
-    return prepared
-
-
 def _submit(args: argparse.Namespace) -> int:
     count = _count(args.count)
     signing = resolve_signing(args)
     mails = build_messages(args, signing.default_from)
     if args.idempotency_key is not None and (count > 1 or len(mails) > 1):
         raise UsageError("--idempotency-key: one message only")
-    # each copy signed on its own (its own Message-ID, Date and signature)
-    items = [_signed(m, signing) for _ in range(count) for m in mails]
+    # each copy rendered and signed on its own (its own Message-ID, Date and signature)
+    items = [m for _ in range(count) for m in mails]
+    smime, dkim = signing.smime, signing.dkim
     with _open(args) as spool:
         if args.idempotency_key is not None:
-            ids = [spool.submit(items[0], idempotency_key=args.idempotency_key)]
+            key = args.idempotency_key
+            ids = [spool.submit(items[0], idempotency_key=key, smime=smime, dkim=dkim)]
         else:
-            ids = spool.submit_many(items)
+            ids = spool.submit_many(items, smime=smime, dkim=dkim)
     if args.json:
         print_json(ids[0] if len(ids) == 1 else ids)
     else:

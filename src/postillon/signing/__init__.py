@@ -19,7 +19,17 @@ Example::
 
 from __future__ import annotations
 
+from ..message.prepared import Prepared
 from .dkim import DEFAULT_HEADERS, DkimSigner
 from .smime import SmimeSigner
 
-__all__ = ["DEFAULT_HEADERS", "DkimSigner", "SmimeSigner"]
+__all__ = ["DEFAULT_HEADERS", "DkimSigner", "SmimeSigner", "sign"]
+
+
+def sign(prepared: Prepared, smime: SmimeSigner | None, dkim: DkimSigner | None) -> Prepared:
+    """Apply the signers that are given: S/MIME first, then DKIM over the final bytes."""
+    if smime is not None:
+        prepared = smime.sign(prepared)
+    if dkim is not None:
+        prepared = dkim.sign(prepared)
+    return prepared

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import InvalidMessage
 from ..message.prepared import Prepared
+from ..signing import DkimSigner, SmimeSigner, sign
 from ..status import SpoolState
 from ._model import NewEntry, SpoolEntry
 from ._policy import RetryPolicy
@@ -135,12 +136,16 @@ class Spool:
         idempotency_key: str | None = None,
         header_charset: Any = _DEFAULT_CHARSET,
         body_charset: Any = _DEFAULT_CHARSET,
+        smime: SmimeSigner | None = None,
+        dkim: DkimSigner | None = None,
     ) -> str:
         """Queue one message; return its ``mail_id`` once it is durably stored.
 
         ``mail`` is an ``Email``, a stdlib ``EmailMessage`` or a ``RawMessage``. The MIME
-        is built once, here: every retry sends the same bytes (Message-ID and
-        signatures stay stable). A caller that retries ``submit`` with the same
+        is built once, here, and signed here when ``smime``/``dkim`` are given: every
+        retry sends the same bytes (Message-ID and signatures stay stable). Unsigned
+        messages are signed at delivery by the signers of the transporter that sends
+        them, at each attempt. A caller that retries ``submit`` with the same
         ``idempotency_key`` gets the same ``mail_id`` and still one entry.
         Raises ``InvalidMessage`` (a ValueError naming the field) for a message that
         cannot be sent.
@@ -152,6 +157,8 @@ class Spool:
             idempotency_keys=[idempotency_key],
             header_charset=header_charset,
             body_charset=body_charset,
+            smime=smime,
+            dkim=dkim,
         )[0]
 
     def submit_many(
@@ -161,6 +168,8 @@ class Spool:
         idempotency_keys: Sequence[str | None] | None = None,
         header_charset: Any = _DEFAULT_CHARSET,
         body_charset: Any = _DEFAULT_CHARSET,
+        smime: SmimeSigner | None = None,
+        dkim: DkimSigner | None = None,
     ) -> list[str]:
         """Queue a batch in one durable transaction (one fsync); return the ids in order.
 
@@ -187,6 +196,8 @@ class Spool:
         for index, (mail, key) in enumerate(zip(items, keys, strict=True)):
             try:
                 prepared = self._prepare(mail, header_charset, body_charset)
+                if smime is not None or dkim is not None:
+                    prepared = sign(prepared, smime, dkim)
             except InvalidMessage as exc:
                 if len(items) == 1:
                     raise
