@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -412,6 +413,20 @@ def _parse_string(text: str, field: str, start: int) -> list[Address]:
     return out
 
 
+def _parse_cached(text: str, field: str, start: int) -> tuple[Address, ...]:
+    # Bulk senders give the same few address strings again and again; an Address is an
+    # immutable value, so a parse is shared. Errors are never cached (they raise), and
+    # long inputs stay out of the cache (it would hold them).
+    if len(text) > 512:
+        return tuple(_parse_string(text, field, start))
+    return _parse_small(text, field, start)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_small(text: str, field: str, start: int) -> tuple[Address, ...]:
+    return tuple(_parse_string(text, field, start))
+
+
 def parse_addresses(value: Any, field: str) -> tuple[Address, ...]:
     """Every accepted address form -> a flat tuple of :class:`Address`.
 
@@ -433,7 +448,7 @@ def parse_addresses(value: Any, field: str) -> tuple[Address, ...]:
         if isinstance(item, Address):
             out.append(item)
         elif isinstance(item, str):
-            out.extend(_parse_string(item, field, len(out)))
+            out.extend(_parse_cached(item, field, len(out)))
         elif isinstance(item, Mapping):
             email = item.get("email", item.get("address"))
             if email is None:

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Iterator, Sequence
@@ -131,14 +132,25 @@ def _prepare_email(
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _raw_envelope(
+    sender: Address | None, recipients: tuple[Address, ...], smtputf8: bool
+) -> tuple[str, tuple[str, ...], bool]:
+    # A bulk send repeats one envelope: Address values are immutable, so the envelope
+    # derived from them is too (errors raise and are not cached).
+    return _envelope(sender, "from", [("to", recipients)], smtputf8, null_origin=True)
+
+
 def _prepare_raw(raw: RawMessage, smtputf8: bool) -> Prepared:
-    mail_from, recipients, env_utf8 = _envelope(
-        raw.sender_address,
-        "from",
-        [("to", raw.recipient_addresses)],
-        smtputf8,
-        null_origin=True,
-    )
+    if len(raw.recipient_addresses) <= 100:
+        mail_from, recipients, env_utf8 = _raw_envelope(
+            raw.sender_address, raw.recipient_addresses, smtputf8
+        )
+    else:
+        mail_from, recipients, env_utf8 = _envelope(
+            raw.sender_address, "from", [("to", raw.recipient_addresses)], smtputf8,
+            null_origin=True,
+        )  # fmt: skip
     data = raw.data
     end = data.find(b"\r\n\r\n")  # one scan for the end of the header block
     head = data[:end] if end >= 0 else data[:200_000]

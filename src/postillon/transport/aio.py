@@ -4,7 +4,9 @@ It uses a small :class:`asyncio.Protocol` rather than streams: received bytes wa
 list until the conversation asks for a reply, and ``loop.start_tls`` upgrades the same
 transport, so whatever arrived before the handshake can be dropped (RFC 3207 4.2).
 Message bodies whose source may touch the disk are pulled in a worker thread, in
-batches, so reading an attachment never blocks the event loop.
+batches, so reading an attachment never blocks the event loop. While the conversation
+waits for the server, ``data_received`` advances it directly (see :meth:`pump`), so a
+pipelined bulk send costs one turn of the loop per message.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ServerDisconnected, TimeoutError
 from ..protocol.conversation import (
@@ -44,13 +48,15 @@ class _Protocol(asyncio.Protocol):
         self.chunks: deque[bytes] = deque()
         self.eof = False
         self.error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self.paused = False
+        #: while set, called for every event instead of waking the waiter: the pump
+        #: runs the conversation right here in the callback (see AsyncConnection.pump)
+        self.on_event: Callable[[], None] | None = None
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if self.on_event is not None:
+            self.on_event()
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -76,13 +82,6 @@ class _Protocol(asyncio.Protocol):
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
-    async def wait_data(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
     async def drain(self) -> None:
         if self.paused and not self.eof:
             self._drain = asyncio.get_running_loop().create_future()
@@ -90,6 +89,24 @@ class _Protocol(asyncio.Protocol):
                 await self._drain
             finally:
                 self._drain = None
+
+
+#: what _advance returns when it needs bytes that have not arrived
+_WAIT = object()
+#: what _advance returns when the transport's write buffer is full
+_DRAIN = object()
+
+
+@dataclass(slots=True)
+class _Pump:
+    """The state of one pump() between its steps."""
+
+    send: Callable[[Reply | None], object]
+    on_done: Callable[[SendStatus], None] | None
+    on_sent: Callable[[], None] | None
+    answer: Reply | None = None
+    pending: object = None  # a request to handle again (after waiting or draining)
+    buf: list[bytes] = field(default_factory=list)
 
 
 def _take(it: Iterator[bytes], limit: int) -> list[bytes]:
@@ -117,6 +134,8 @@ class AsyncConnection:
         self.replies = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._st: _Pump | None = None
+        self._driver: asyncio.Future[Any] | None = None
 
     def _remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -134,53 +153,14 @@ class AsyncConnection:
                 async with asyncio.timeout(self._remaining()):
                     await self.protocol.drain()
 
-    async def _read_reply(self) -> Reply:
-        parser = self.conversation.parser
-        proto = self.protocol
-        reply = parser.next_reply()
-        while reply is None:
-            if proto.chunks:
-                parser.feed(proto.chunks.popleft())
-            elif proto.eof:
-                raise ServerDisconnected(f"{self.endpoint.host} closed the connection")
-            else:
-                await self._wait_data()
-                continue
-            reply = parser.next_reply()
-        self.replies += 1
-        return reply
-
-    async def _wait_data(self) -> None:
-        """Wait for bytes from the server, at most until the deadline.
-
-        One timer per connection instead of an ``asyncio.timeout()`` per wait: the timer
-        is armed at the deadline and, when it fires, re-arms itself if the deadline moved
-        later meanwhile (each message gets its own time) or fails the wait if it passed.
-        A pipelined bulk send waits once per message, and a context manager, a timer
-        handle and its cancellation per wait cost as much as the rest of the loop's work.
-        """
-        loop = asyncio.get_running_loop()
-        left = self._remaining()  # raises TimeoutError when the deadline has passed
-        waiter: asyncio.Future[None] = loop.create_future()
-        self.protocol._waiter = waiter
-        when = loop.time() + left
-        if self._timer is None or self._timer_at > when:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = loop.call_at(when, self._on_timer)
-            self._timer_at = when
-        try:
-            await waiter
-        finally:
-            self.protocol._waiter = None
-
     def _on_timer(self) -> None:
         self._timer = None
-        waiter = self.protocol._waiter
+        waiter = self._driver
         if waiter is None or waiter.done():
             return  # nobody waits: the next wait arms a new timer
         left = self.deadline - time.monotonic()
         if left <= 0:
+            self.protocol.on_event = None
             waiter.set_exception(TimeoutError(f"timed out talking to {self.endpoint.host}"))
             return
         loop = asyncio.get_running_loop()
@@ -236,71 +216,171 @@ class AsyncConnection:
         on_done: Callable[[SendStatus], None] | None = None,
         on_sent: Callable[[], None] | None = None,
     ) -> None:
-        """Run a conversation flow to its end (see :meth:`SyncConnection.pump`)."""
+        """Run a conversation flow to its end (see :meth:`SyncConnection.pump`).
+
+        The flow is advanced by :meth:`_advance`, which runs as far as it can without
+        waiting. When it needs bytes from the server, it is advanced again from the
+        protocol's ``data_received`` callback, not by waking this coroutine: in a
+        pipelined bulk send each message then costs one turn of the event loop instead
+        of two (the wake-up of a task is as dear as the rest of the work). The coroutine
+        only wakes for what must be awaited: a body read in a worker thread, a full
+        write buffer, the TLS handshake, the end, or an error.
+        """
+        self._st = _Pump(flow.send, on_done, on_sent)
+        try:
+            while True:
+                result = self._advance()
+                if result is _WAIT:
+                    result = await self._driven()
+                if result is None:
+                    return
+                await self._await(result)
+        finally:
+            self._st = None
+
+    def _advance(self) -> object:
+        """Run the flow until it ends (None), needs bytes that are not here (_WAIT), or
+        needs something awaited (a request for :meth:`_await`)."""
+        st = self._st
+        assert st is not None
         conv = self.conversation
         tr = self.transcript
-        buf: list[bytes] = []
-        size = 0
-        answer: Reply | None = None
-        send = flow.send
+        proto = self.protocol
+        transport = self.transport
+        assert transport is not None
+        buf = st.buf
         while True:
-            try:
-                req = send(answer)
-            except StopIteration:
-                break
-            answer = None
+            req = st.pending
+            if req is not None:
+                st.pending = None
+            else:
+                try:
+                    req = st.send(st.answer)
+                except StopIteration:
+                    if buf:
+                        transport.write(b"".join(buf))
+                        buf.clear()
+                    return None
+                st.answer = None
             kind = type(req)
             if kind is Write:
                 assert isinstance(req, Write)
                 buf.append(req.data)
-                size += len(req.data)
                 if tr.active:
                     for line in req.lines():
                         tr.sent(line)
             elif kind is _Read or kind is _Flush:
                 if buf:
-                    await self._write(b"".join(buf) if len(buf) > 1 else buf[0])
+                    if proto.eof:
+                        raise ServerDisconnected(f"{self.endpoint.host} closed the connection")
+                    transport.write(b"".join(buf) if len(buf) > 1 else buf[0])
                     buf.clear()
-                    size = 0
                     conv.idle()  # encode ahead while the server works
-                    if on_sent is not None:
-                        on_sent()
+                    if st.on_sent is not None:
+                        st.on_sent()
+                    if proto.paused:
+                        st.pending = req  # handled again once the buffer drained
+                        return _DRAIN
                 if kind is _Read:
-                    answer = await self._read_reply()
+                    reply = self._buffered_reply()
+                    if reply is None:
+                        st.pending = req
+                        return _WAIT
+                    st.answer = reply
                     if tr.active:
-                        tr.received(answer, redact=conv.stage == "auth")
+                        tr.received(reply, redact=conv.stage == "auth")
             elif kind is WriteBody:
                 assert isinstance(req, WriteBody)
-                it = iter(req.chunks)
-                while True:
-                    if req.message.in_memory:
-                        batch = _take(it, _BATCH)
-                    else:
-                        batch = await asyncio.to_thread(_take, it, _BATCH)
-                    if not batch:
-                        break
-                    for chunk in batch:
-                        if tr.body_active:
-                            log_body(tr, chunk, req.bdat)
-                        buf.append(chunk)
-                        size += len(chunk)
-                    if size >= WRITE_BUFFER:
-                        await self._write(b"".join(buf))
-                        buf.clear()
-                        size = 0
+                if not req.message.in_memory:
+                    return req  # read in a worker thread by _await
+                for chunk in req.chunks:
+                    if tr.body_active:
+                        log_body(tr, chunk, req.bdat)
+                    buf.append(chunk)
             elif kind is Done:
                 assert isinstance(req, Done)
-                if on_done is not None:
-                    on_done(req.status)
+                if st.on_done is not None:
+                    st.on_done(req.status)
             else:
                 assert isinstance(req, _StartTLS)
                 if buf:
-                    await self._write(b"".join(buf))
+                    transport.write(b"".join(buf))
                     buf.clear()
-                    size = 0
-                await self._start_tls()
-        if buf:
-            await self._write(b"".join(buf))
+                return req
+
+    def _buffered_reply(self) -> Reply | None:
+        """The next reply from the bytes already received, or None; raises at EOF."""
+        parser = self.conversation.parser
+        chunks = self.protocol.chunks
+        reply = parser.next_reply()
+        while reply is None and chunks:
+            parser.feed(chunks.popleft())
+            reply = parser.next_reply()
+        if reply is None:
+            if self.protocol.eof:
+                raise ServerDisconnected(f"{self.endpoint.host} closed the connection")
+            return None
+        self.replies += 1
+        return reply
+
+    async def _driven(self) -> object:
+        """Let the protocol's callbacks advance the flow until it stops waiting."""
+        loop = asyncio.get_running_loop()
+        left = self._remaining()  # raises TimeoutError when the deadline has passed
+        done: asyncio.Future[object] = loop.create_future()
+
+        def on_event() -> None:
+            if done.done():
+                return
+            try:
+                result = self._advance()
+            except BaseException as exc:
+                self.protocol.on_event = None
+                done.set_exception(exc)
+                return
+            if result is not _WAIT:
+                self.protocol.on_event = None
+                done.set_result(result)
+
+        self._driver = done
+        when = loop.time() + left
+        if self._timer is None or self._timer_at > when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(when, self._on_timer)
+            self._timer_at = when
+        self.protocol.on_event = on_event
+        try:
+            return await done
+        finally:
+            self.protocol.on_event = None
+            self._driver = None
+
+    async def _await(self, request: object) -> None:
+        """What the flow cannot do in a callback: drain, a body from disk, TLS."""
+        st = self._st
+        assert st is not None
+        if request is _DRAIN:
+            with map_exceptions(self.endpoint.host):
+                async with asyncio.timeout(self._remaining()):
+                    await self.protocol.drain()
+        elif isinstance(request, WriteBody):
+            tr = self.transcript
+            it = iter(request.chunks)
+            while True:
+                batch = await asyncio.to_thread(_take, it, _BATCH)
+                if not batch:
+                    break
+                for chunk in batch:
+                    if tr.body_active:
+                        log_body(tr, chunk, request.bdat)
+                    st.buf.append(chunk)
+                if sum(len(c) for c in st.buf) >= WRITE_BUFFER:
+                    await self._write(b"".join(st.buf))
+                    st.buf.clear()
+        else:
+            assert isinstance(request, _StartTLS)
+            await self._start_tls()
 
     def is_stale(self) -> bool:
         return (
