@@ -349,18 +349,15 @@ def run_password_command(command: object, account: str, key: str = "password_com
     return lines[0]
 
 
-def resolve(
-    args: argparse.Namespace,
-    environ: Mapping[str, str] | None = None,
-    *,
-    prompt: Callable[[str], str] | None = None,
-    need_password: bool = True,
-) -> ServerSettings:
-    """Merge flags, environment and account into :class:`ServerSettings`.
+Pick = Callable[[str, str, str], "tuple[Any, str] | None"]
 
-    Raises :class:`UsageError` (one clear line) for anything wrong.
-    """
-    env = os.environ if environ is None else environ
+
+def _sources(
+    args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[str | None, str | None, dict[str, Any], Pick]:
+    """The configuration file, the account (name and keys) and a ``pick(flag, env_name,
+    key)`` that looks a setting up in precedence order (flag > environment > account)
+    and says where it came from, for error messages."""
     account_name = getattr(args, "account", None) or _env(env, "ACCOUNT")
     config = getattr(args, "config", None) or _env(env, "CONFIG")
     name, acct = load_account(config, account_name)
@@ -376,6 +373,23 @@ def resolve(
         if key in acct:
             return acct[key], f"{where}{key}"
         return None
+
+    return config, name, acct, pick
+
+
+def resolve(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    *,
+    prompt: Callable[[str], str] | None = None,
+    need_password: bool = True,
+) -> ServerSettings:
+    """Merge flags, environment and account into :class:`ServerSettings`.
+
+    Raises :class:`UsageError` (one clear line) for anything wrong.
+    """
+    env = os.environ if environ is None else environ
+    config, name, acct, pick = _sources(args, env)
 
     host = pick("host", "HOST", "host")
     if host is None:
@@ -542,22 +556,8 @@ def resolve_signing(
     a DKIM key without its domain), before any connection.
     """
     env = os.environ if environ is None else environ
-    account_name = getattr(args, "account", None) or _env(env, "ACCOUNT")
-    config = getattr(args, "config", None) or _env(env, "CONFIG")
-    name, acct = load_account(config, account_name)
-    where = f"account {name!r}: " if name else ""
+    _config, name, acct, pick = _sources(args, env)
     out = SigningSettings(default_from=str(acct["from"]) if "from" in acct else None)
-
-    def pick(flag: str, env_name: str, key: str) -> tuple[Any, str] | None:
-        value = getattr(args, flag, None)
-        if value is not None:
-            return value, "--" + flag.replace("_", "-")
-        value = _env(env, env_name)
-        if value is not None:
-            return value, ENV_PREFIX + env_name
-        if key in acct:
-            return acct[key], f"{where}{key}"
-        return None
 
     key = pick("dkim_key", "DKIM_KEY", "dkim_key")
     domain = pick("dkim_domain", "DKIM_DOMAIN", "dkim_domain")
