@@ -31,7 +31,16 @@ from .settings import Dsn
 from .status import SendStatus, Status
 from .transport.aio import AsyncConnection
 from .transport.transcript import Transcript
-from .transporter import _EMPTY, Batch, Message, Staged, TransporterBase, _gate, _invalid
+from .transporter import (
+    _EMPTY,
+    Batch,
+    ConnectFailed,
+    Message,
+    Staged,
+    TransporterBase,
+    _gate,
+    _invalid,
+)
 
 if TYPE_CHECKING:
     from .signing import DkimSigner, SmimeSigner
@@ -185,7 +194,7 @@ class AsyncTransporter(TransporterBase):
             self._busy.discard(conn)
             conn.close()
             if isinstance(exc, SMTPError):
-                raise _ConnectFailed(exc, conn.conversation.stage) from exc
+                raise ConnectFailed(exc, conn.conversation.stage) from exc
             raise
         finally:
             self._opening -= 1
@@ -216,7 +225,7 @@ class AsyncTransporter(TransporterBase):
         async with self._semaphore():
             try:
                 conn, _ = await self._acquire(time.monotonic() + self._settings.send_timeout)
-            except _ConnectFailed as failed:
+            except ConnectFailed as failed:
                 raise failed.error from None
             await self._release(conn, True)
         return self
@@ -241,7 +250,7 @@ class AsyncTransporter(TransporterBase):
                 status = check_status(
                     True, conn.conversation.last_reply, conn.conversation.auth_note
                 )
-            except _ConnectFailed as failed:
+            except ConnectFailed as failed:
                 return check_status(False, None, exc=failed.error, stage=failed.stage)
             except SMTPError as exc:
                 assert conn is not None
@@ -392,7 +401,7 @@ class AsyncTransporter(TransporterBase):
                 conn: AsyncConnection | None = None
                 try:
                     conn, reused = await self._acquire(deadline)
-                except _ConnectFailed as failed:
+                except ConnectFailed as failed:
                     alive = len(self._busy) - self._opening + len(self._idle)
                     throttle.observe_error(failed.error, alive)
                     if batch.retry_connect(failed.error, failed.stage, self._had_connection):
@@ -425,12 +434,3 @@ class AsyncTransporter(TransporterBase):
                 await self._release(conn, True)
                 if batch.fed == fed and throttle.delay() == 0:
                     await asyncio.sleep(0.001)  # nothing went (a lost race for a token)
-
-
-class _ConnectFailed(Exception):
-    """Internal: a connection could not be opened; carries the stage that failed."""
-
-    def __init__(self, error: SMTPError, stage: str) -> None:
-        super().__init__(error)
-        self.error = error
-        self.stage = stage

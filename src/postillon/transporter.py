@@ -602,7 +602,6 @@ class Transporter(TransporterBase):
         self._conn: SyncConnection | None = None
         self._life = Lifetime.start(0.0)  # of self._conn
         self._had_connection = False
-        self._failed_conn: SyncConnection | None = None
         self._lock = threading.RLock()
         self._asynchronous = bool(asynchronous)
         self._spool: Spool | None = None
@@ -641,7 +640,10 @@ class Transporter(TransporterBase):
         """Connect now (WinDev opens the session at once); raise SMTPError on failure."""
         with self._lock:
             deadline = time.monotonic() + self._settings.send_timeout
-            self._connection(deadline)
+            try:
+                self._connection(deadline)
+            except ConnectFailed as failed:
+                raise failed.error from None
         return self
 
     def close(self) -> None:
@@ -669,10 +671,9 @@ class Transporter(TransporterBase):
         conn = SyncConnection(self._endpoint, transcript)
         try:
             conn.connect(deadline)
-        except SMTPError:
+        except SMTPError as exc:
             conn.close()
-            self._failed_conn = conn
-            raise
+            raise ConnectFailed(exc, conn.conversation.stage) from exc
         self._conn = conn
         self._life = Lifetime.start(time.monotonic())
         self._had_connection = True
@@ -714,15 +715,16 @@ class Transporter(TransporterBase):
         """Connect (or reuse the connection), authenticate, NOOP; return the status (4D)."""
         with self._lock:
             deadline = time.monotonic() + self._settings.send_timeout
-            conv: Conversation | None = None
             try:
                 conn, _ = self._connection(deadline)
-                conv = conn.conversation
+            except ConnectFailed as failed:
+                return check_status(False, None, exc=failed.error, stage=failed.stage)
+            conv = conn.conversation
+            try:
                 conn.pump(conv.noop())
                 status = check_status(True, conv.last_reply, conv.auth_note)
             except SMTPError as exc:
-                conv = conv or self._failed_conversation()
-                status = check_status(False, None, exc=exc, stage=conv.stage if conv else "")
+                status = check_status(False, None, exc=exc, stage=conv.stage)
                 self._drop()
             self._done()
             return status
@@ -817,7 +819,6 @@ class Transporter(TransporterBase):
         other._conn = None
         other._life = Lifetime.start(0.0)
         other._had_connection = False
-        other._failed_conn = None
         other._lock = threading.RLock()
         other._asynchronous = False
         other._spool = None
@@ -832,10 +833,6 @@ class Transporter(TransporterBase):
         (``_final`` -> :meth:`_sign_stored`, as for the batches of ``send_many``).
         """
         return self._run([Staged(prepared, prepared)], SendOptions(), None, None)[0]
-
-    def _failed_conversation(self) -> Conversation | None:
-        conn, self._failed_conn = self._failed_conn, None
-        return conn.conversation if conn is not None else None
 
     def _drop(self) -> None:
         if self._conn is not None:
@@ -863,13 +860,11 @@ class Transporter(TransporterBase):
                 deadline = time.monotonic() + self._settings.send_timeout
                 try:
                     conn, reused = self._connection(deadline)
-                except SMTPError as exc:
-                    conv = self._failed_conversation()
-                    stage = conv.stage if conv is not None else "connect"
-                    throttle.observe_error(exc)
-                    if batch.retry_connect(exc, stage, self._had_connection):
+                except ConnectFailed as failed:
+                    throttle.observe_error(failed.error)
+                    if batch.retry_connect(failed.error, failed.stage, self._had_connection):
                         continue
-                    batch.connect_failed(exc, stage)
+                    batch.connect_failed(failed.error, failed.stage)
                     break
                 before = conn.replies
                 fed = batch.fed
@@ -942,6 +937,19 @@ def fold(parts: list[SendStatus]) -> SendStatus:
         recipients=recipients,
         uncertain=any(p.uncertain for p in parts),
     )
+
+
+class ConnectFailed(Exception):
+    """Internal: a connection could not be opened; carries the stage that failed.
+
+    Both transporters raise it from their connection step, so that the failure's
+    status names the stage (connect, greeting, tls, auth...) where it happened.
+    """
+
+    def __init__(self, error: SMTPError, stage: str) -> None:
+        super().__init__(error)
+        self.error = error
+        self.stage = stage
 
 
 class Batch:

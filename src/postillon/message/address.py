@@ -31,7 +31,7 @@ from typing import Any
 import idna
 
 from ..errors import InvalidMessage
-from ._text import check_header_text, check_unicode
+from ._text import check_header_text
 
 __all__ = ["Address", "AddressInput", "parse_address", "parse_addresses"]
 
@@ -481,12 +481,6 @@ def parse_address(value: Any, field: str) -> Address:
     if len(found) != 1:
         raise InvalidMessage(f"expected one address, got {len(found)}", field)
     return found[0]
-
-
-def check_name(name: str, field: str) -> None:
-    """Display names: no controls, no lone surrogates."""
-    check_header_text(name, field, limit=4096)
-    check_unicode(name, field)
 
 
 def decode_received(text: str, field: str) -> tuple[Address, ...]:
