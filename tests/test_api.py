@@ -70,3 +70,23 @@ def test_exceptions_form_one_tree_and_pickle() -> None:
     assert (
         postillon.ReplyError(451, "x").is_transient and postillon.ReplyError(550, "x").is_permanent
     )
+
+
+def test_every_public_member_has_a_docstring() -> None:
+    missing = []
+    for name in postillon.__all__:
+        obj = getattr(postillon, name)
+        if not isinstance(obj, type) or issubclass(obj, BaseException):
+            continue
+        for klass in obj.__mro__:
+            if klass.__module__.split(".")[0] != "postillon":
+                continue
+            for attr, value in vars(klass).items():
+                if attr.startswith("_"):
+                    continue
+                func = value.fget if isinstance(value, property) else value
+                if (isinstance(value, property) or callable(func)) and not (
+                    getattr(func, "__doc__", None) or ""
+                ).strip():
+                    missing.append(f"{name}.{attr}")
+    assert missing == []

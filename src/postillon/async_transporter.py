@@ -89,6 +89,7 @@ class AsyncTransporter(TransporterBase):
 
     @property
     def max_connections(self) -> int:
+        """How many connections concurrent sends share at most."""
         return self._max
 
     async def __aenter__(self) -> AsyncTransporter:

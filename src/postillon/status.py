@@ -54,6 +54,7 @@ class ErrorInfo:
     component: str
 
     def to_dict(self) -> dict[str, Any]:
+        """A plain dict (JSON, the 4D compatibility layer)."""
         return {"code": self.code, "message": self.message, "component": self.component}
 
 
@@ -66,6 +67,7 @@ class RecipientStatus:
     accepted: bool
 
     def to_dict(self) -> dict[str, Any]:
+        """A plain dict (JSON, the spool)."""
         return {"code": self.code, "text": self.text, "accepted": self.accepted}
 
 
@@ -163,6 +165,7 @@ class SendStatus(Status):
         return [a for a, r in self.recipients.items() if not r.accepted]
 
     def to_dict(self) -> dict[str, Any]:
+        """The status as a plain dict; :meth:`from_dict` reads it back."""
         out = super().to_dict()
         out["enhanced_status"] = self.enhanced_status
         out["message_id"] = self.message_id
@@ -195,6 +198,7 @@ class SendStatus(Status):
         )
 
     def exception(self) -> SMTPError | None:
+        """As :meth:`Status.exception`; refused recipients give RecipientsRefused."""
         if self.success:
             return None
         if self.status and (self.stage == "rcpt" or (self.refused and self.stage is None)):

@@ -319,70 +319,87 @@ class TransporterBase:
 
     @property
     def host(self) -> str:
+        """The server's name or address (4D ``host``)."""
         return self._settings.host
 
     @property
     def port(self) -> int:
+        """The port: 465 for Security.TLS, 587 for STARTTLS, 25 for NONE unless given."""
         return self._settings.port
 
     @property
     def security(self) -> Security:
+        """Implicit TLS, STARTTLS or none (WinDev ``Option``)."""
         return self._settings.security
 
     @property
     def accept_unsecure_connection(self) -> bool:
+        """May the session (and credentials) go on unencrypted (4D)."""
         return self._settings.accept_unsecure_connection
 
     @property
     def user(self) -> str | None:
+        """The login (4D ``user``); the password is never readable back."""
         return self._settings.user
 
     @property
     def authentication_mode(self) -> AuthMode | None:
+        """The SASL mechanism asked for; None: the strongest offered."""
         return self._settings.authentication_mode
 
     @property
     def connection_timeout(self) -> float:
+        """Seconds for TCP, TLS and the greeting (4D ``connectionTimeOut``)."""
         return self._settings.connection_timeout
 
     @property
     def send_timeout(self) -> float:
+        """Seconds for one whole send() (4D ``sendTimeOut``)."""
         return self._settings.send_timeout
 
     @property
     def keep_alive(self) -> bool:
+        """Keep the connection between sends (4D ``keepAlive``)."""
         return self._settings.keep_alive
 
     @property
     def log_file(self) -> str | None:
+        """The transcript file (4D ``logFile``), or None."""
         return self._settings.log_file
 
     @property
     def header_charset(self) -> CharsetMode:
+        """Charset mode of headers (4D ``headerCharset``)."""
         return self._settings.header_charset
 
     @property
     def body_charset(self) -> CharsetMode:
+        """Charset mode of bodies (4D ``bodyCharset``)."""
         return self._settings.body_charset
 
     @property
     def ignore_errors(self) -> IgnoreCert:
+        """Certificate errors ignored, each flag its own class (WinDev ``IgnoreError``)."""
         return self._settings.ignore_errors
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
+        """The caller's SSLContext, or None for the system's trust store."""
         return self._settings.ssl_context
 
     @property
     def client_certificate(self) -> str | tuple[str, str] | None:
+        """A PEM path, or a (certificate, key) pair, presented to the server."""
         return self._settings.client_certificate
 
     @property
     def local_hostname(self) -> str | None:
+        """The EHLO name; None: the machine's FQDN or an address literal."""
         return self._settings.local_hostname
 
     @property
     def dkim(self) -> DkimSigner | None:
+        """The DKIM signer of every message, or None."""
         return self._settings.dkim
 
     @property
@@ -617,10 +634,12 @@ class Transporter(TransporterBase):
 
     @property
     def asynchronous(self) -> bool:
+        """True when send() queues into the spool (WinDev asynchronous mode)."""
         return self._asynchronous
 
     @property
     def spool(self) -> Spool | None:
+        """The spool of asynchronous mode, or None."""
         return self._spool
 
     # -- connection management
