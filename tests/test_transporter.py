@@ -464,7 +464,9 @@ def test_malformed_reply_to_mail(
     server = script_server(
         [*_greet(b"250 mx\r\n"), expect(b"MAIL"), send(reply), sleep(0.5), close()], chunk=chunk
     )
-    c = client(server.host, server.port, security=Security.NONE)
+    # A 9,000-octet line one byte at a time takes about 9 s to trickle in (a small sleep
+    # per byte): the deadline leaves room for a busy machine, the error must be the limit.
+    c = client(server.host, server.port, security=Security.NONE, send_timeout=60)
     st = c.send(raw())
     assert not st.success and st.status == 0 and st.errors[0].component == component
 

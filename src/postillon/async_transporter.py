@@ -374,12 +374,10 @@ class AsyncTransporter(TransporterBase):
         """
         if staged.signed:
             return staged
-        if isinstance(staged.original, Prepared):
-            # a spooled message: only the transporter's own signers apply (_sign_stored)
-            signs = self._settings.smime is not None or self._settings.dkim is not None
-        else:
-            signs = any(signer is not None for signer in self._signers(smime, dkim))
-        if not signs:
+        s = self._settings
+        # a spooled message (a Prepared): only the transporter's own signers apply
+        own = isinstance(staged.original, Prepared)
+        if s.smime is None and s.dkim is None and (own or (smime is None and dkim is None)):
             return staged
         p = staged.prepared
         if p is not None and p.in_memory and p.size is not None and p.size <= SIGN_ON_LOOP_MAX:

@@ -254,6 +254,8 @@ class Throttle:
 
     def try_take(self) -> bool:
         """Take the right to send one message now; False means "wait :meth:`delay`"."""
+        if not self._spacing and self._bucket is None:
+            return True  # no rate, no back-off: nothing to take (read without the lock)
         with self._lock:
             now = self._clock()
             if self._spacing and now < self._next:
@@ -284,6 +286,8 @@ class Throttle:
 
     def reward(self) -> None:
         """A message went through: relax the back-off a little."""
+        if not self._spacing and self._cap is None:
+            return  # nothing to relax (read without the lock: a bulk send calls this a lot)
         with self._lock:
             if self._spacing:
                 self._spacing *= _RECOVERY

@@ -418,7 +418,7 @@ class TransporterBase:
         """Coerce and prepare before any I/O; raise InvalidMessage for what cannot be sent."""
         if isinstance(message, Prepared):
             return Staged(message, message)
-        if isinstance(message, bytes | bytearray | memoryview):
+        if isinstance(message, (bytes, bytearray, memoryview)):
             if from_ is None:
                 raise InvalidMessage("raw bytes need the envelope sender from_=", "from_")
             if to is None:
@@ -427,7 +427,9 @@ class TransporterBase:
             message = RawMessage(bytes(message), from_, recipients)
         elif from_ is not None or to is not None:
             raise InvalidMessage("from_= and to= go with raw bytes only", "from_")
-        if not isinstance(message, Email | email.message.EmailMessage | RawMessage):
+        # A tuple, not a union: ``A | B`` builds a new object at every call, and a bulk
+        # send stages every message here.
+        if not isinstance(message, (Email, email.message.EmailMessage, RawMessage)):
             raise InvalidMessage(
                 f"cannot send a {type(message).__name__}: give an Email, an "
                 "email.message.EmailMessage, a RawMessage or bytes",
@@ -492,7 +494,10 @@ class TransporterBase:
     def _sign(
         self, prepared: Prepared, smime: SmimeSigner | None, dkim: DkimSigner | None
     ) -> Prepared:
-        return _sign_with(prepared, *self._signers(smime, dkim))
+        smime, dkim = smime or self._settings.smime, dkim or self._settings.dkim
+        if smime is None and dkim is None:
+            return prepared  # nothing to sign: no call into the signing package
+        return _sign_with(prepared, smime, dkim)
 
     def _sign_staged(
         self, staged: Staged, smime: SmimeSigner | None, dkim: DkimSigner | None
@@ -1006,10 +1011,19 @@ class Batch:
         self._feed: Feed | None = None
 
     def _expand(self, items: Iterable[Staged | SendStatus]) -> Iterator[Staged | SendStatus]:
+        sizes = self.sizes
         for item in items:
-            parts = split_recipients(item)
-            self.sizes.append(len(parts))
-            yield from parts
+            if (
+                type(item) is Staged
+                and item.prepared is not None
+                and len(item.prepared.recipients) > MAX_RECIPIENTS
+            ):
+                parts = split_recipients(item)
+                sizes.append(len(parts))
+                yield from parts
+            else:
+                sizes.append(1)
+                yield item
 
     def statuses(self) -> list[SendStatus]:
         """One status per input item: the transactions of a split message folded."""

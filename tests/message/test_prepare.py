@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from postillon.errors import InvalidMessage
 from postillon.message import (
@@ -19,6 +22,7 @@ from postillon.message import (
     prepare,
     to_mime,
 )
+from postillon.message.prepare import _message_id
 
 from .helpers import header_block, header_names, parse
 
@@ -284,3 +288,33 @@ def test_structures() -> None:
     # changing a body drops the old structure
     m.text_body = "new"
     assert m.body_structure is None
+
+
+# The Message-ID of a raw message is found by a plain search (a hot path of bulk sends);
+# it must agree with the field grammar written as a regex, on every header block.
+_MSG_ID_REFERENCE = re.compile(rb"(?im)^message-id:[ \t]*(<[^<>\r\n]+>)")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [b"Message-ID:", b"message-id:", b"MESSAGE-ID: ", b"X-Message-ID:", b" Message-ID:",
+             b"<a@b>", b"<x@y.z>", b"<>", b"<<q@r>>", b"\t", b" ", b"\r\n", b"\n", b"\r", b"a",
+             b"Subject: message-id:", b"\xff"]
+        ),
+        max_size=14,
+    )
+)  # fmt: skip
+def test_message_id_search_matches_the_field_grammar(parts: list[bytes]) -> None:
+    head = b"".join(parts)
+    found = _MSG_ID_REFERENCE.search(head)
+    expected = found.group(1).decode("ascii", "replace") if found else ""
+    assert _message_id(head) == expected
+
+
+def test_message_id_of_a_raw_message() -> None:
+    data = b"Subject: x\r\nmessage-ID:  <id-1@example.com>\r\nX: <no@example.com>\r\n\r\nbody\r\n"
+    assert prepare(RawMessage(data, "a@example.com", ["b@example.com"])).message_id == (
+        "<id-1@example.com>"
+    )

@@ -353,7 +353,9 @@ def test_next_envelope_leaves_before_end_of_data_reply() -> None:
             break
         answer = None
         if isinstance(req, Write):
-            order.append(req.data.split(b" ")[0].decode().strip())
+            # one write may hold a pipelined group: one entry per command line
+            for line in req.data.split(b"\r\n")[:-1]:
+                order.append(line.split(b" ")[0].decode())
         elif isinstance(req, WriteBody):
             order.append("BODY")
             list(req.chunks)

@@ -17,6 +17,7 @@ from postillon.protocol.data import (
     canonicalize,
     data_stream,
     dot_stuff,
+    encode_small,
     unstuff,
 )
 
@@ -337,6 +338,9 @@ def test_property_dot_stuffing(body: bytes, cuts: list[int]) -> None:
     wire = b"".join(enc.feed(chunk) for chunk in chunks) + enc.finish()
     assert wire == dot_stuff(body)
     assert b"".join(data_stream(chunks, block=7)) == wire
+    # the encoding ahead of a small message: one chunk or several, the same bytes
+    assert b"".join(encode_small(tuple(chunks))) == wire
+    assert b"".join(encode_small((body,))) == wire
     assert_safe_wire(wire)
     assert unstuff(wire) == expected_body(body)
 

@@ -15,7 +15,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a bulk send makes one per message and a frozen dataclass's __init__ costs
+# five times as much; nothing assigns to the fields after construction. Compared by
+# identity (eq=False), as the drivers and the batch track messages.
+@dataclass(slots=True, eq=False)
 class Prepared:
     """Envelope plus message bytes. Internal: not part of the public API."""
 

@@ -40,7 +40,6 @@ import logging
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
-from typing import cast
 
 from ..errors import (
     AuthenticationError,
@@ -52,10 +51,18 @@ from ..errors import (
 )
 from ..message.prepared import Prepared
 from ..settings import AuthMode, Dsn, Security
-from ..status import FAILED_TO_SEND, ErrorInfo, RecipientStatus, SendStatus, Status
+from ..status import (
+    FAILED_TO_SEND,
+    ErrorInfo,
+    RecipientStatus,
+    SendStatus,
+    Status,
+    delivered_status,
+    recipient_status,
+)
 from . import commands, sasl
 from .capabilities import Capabilities
-from .data import BdatStream, data_stream
+from .data import BdatStream, data_stream, encode_small
 from .reply import Reply, ReplyParser, printable
 
 log = logging.getLogger("postillon.protocol")
@@ -327,6 +334,8 @@ class _InFlight:
     stage: str = "mail"
     mail: Reply | None = None
     rcpts: dict[str, Reply] = field(default_factory=dict)
+    #: how many of ``rcpts`` were accepted (250/251), counted as they are recorded
+    accepted: int = 0
     data: Reply | None = None
     final: Reply | None = None
     body_sent: bool = False
@@ -334,8 +343,17 @@ class _InFlight:
     #: the DATA wire bytes, encoded ahead of the 354 by :meth:`Conversation.idle`
     wire: tuple[bytes, ...] | None = None
 
-    def accepted(self) -> list[str]:
-        return [a for a, r in self.rcpts.items() if r.code in (250, 251)]
+
+class _Envelope:
+    """The commands of one envelope (MAIL, each RCPT, and DATA unless BDAT follows),
+    one by one for a session without PIPELINING, and as one write for a pipelined one."""
+
+    __slots__ = ("cmds", "lines", "write")
+
+    def __init__(self, lines: list[tuple[Cmd, bytes, str]]) -> None:
+        self.lines = lines
+        self.cmds = tuple(cmd for cmd, _, _ in lines)
+        self.write = Write(b"".join(data for _, data, _ in lines))
 
 
 def _shown(text: str) -> str:
@@ -343,8 +361,19 @@ def _shown(text: str) -> str:
     return printable(text.replace("\n", " "))
 
 
+def _shown_reply(reply: Reply) -> str:
+    """:func:`_shown` of a reply's text; a single line of plain ASCII (the usual
+    end-of-data reply) is returned as is, without the general escaping pass."""
+    lines = reply.lines
+    if len(lines) == 1:
+        line = lines[0]
+        if len(line) <= 512 and line.isascii() and line.isprintable():
+            return line
+    return _shown(reply.text)
+
+
 def _recipient(reply: Reply, accepted: bool) -> RecipientStatus:
-    return RecipientStatus(reply.code, _shown(reply.text), accepted)
+    return RecipientStatus(reply.code, _shown_reply(reply), accepted)
 
 
 def _finish(fl: _InFlight) -> SendStatus:
@@ -356,8 +385,7 @@ def _finish(fl: _InFlight) -> SendStatus:
         recips = {a: _recipient(reply, False) for a in msg.recipients}
         return _reply_status(msg, reply, "mail", recips)
     rcpts = fl.rcpts
-    accepted = fl.accepted()
-    if not accepted:
+    if not fl.accepted:
         recips = {
             addr: _recipient(r, False) if (r := rcpts.get(addr)) else RecipientStatus(0, "", False)
             for addr in msg.recipients
@@ -369,29 +397,25 @@ def _finish(fl: _InFlight) -> SendStatus:
     ok = end.code == 250
     # Every accepted recipient ends with the end-of-data reply: one (immutable) status
     # object serves them all, and a recipient's RCPT reply is only formatted if refused.
-    end_text = _shown(end.text)
-    at_end = RecipientStatus(end.code, end_text, ok)
-    recips = {}
-    for addr in msg.recipients:
-        r = rcpts.get(addr)
-        if r is None:
-            recips[addr] = RecipientStatus(0, "", False)
-        elif r.code in (250, 251):
-            recips[addr] = at_end
-        else:
-            recips[addr] = _recipient(r, False)
+    end_text = _shown_reply(end)
+    at_end = recipient_status(end.code, end_text, ok)
+    everyone = fl.accepted == len(msg.recipients)
+    if everyone:
+        recips = dict.fromkeys(msg.recipients, at_end)
+    else:
+        recips = {}
+        for addr in msg.recipients:
+            r = rcpts.get(addr)
+            if r is None:
+                recips[addr] = RecipientStatus(0, "", False)
+            elif r.code in (250, 251):
+                recips[addr] = at_end
+            else:
+                recips[addr] = _recipient(r, False)
     if not ok:
         return _reply_status(msg, end, "data", recips)
-    if len(accepted) == len(msg.recipients):
-        return SendStatus(
-            success=True,
-            status=end.code,
-            status_text=end_text,
-            stage=None,
-            enhanced_status=end.enhanced,
-            message_id=msg.message_id,
-            recipients=recips,
-        )
+    if everyone:
+        return delivered_status(end.code, end_text, end.enhanced, msg.message_id, recips)
     refused = [a for a in msg.recipients if not recips[a].accepted]
     if refused:
         first_refused = fl.rcpts[refused[0]]
@@ -410,7 +434,7 @@ def _reply_status(
     return SendStatus(
         success=success,
         status=reply.code,
-        status_text=_shown(reply.text),
+        status_text=_shown_reply(reply),
         stage=None if success else stage,
         enhanced_status=reply.enhanced,
         message_id=msg.message_id,
@@ -511,7 +535,7 @@ def check_status(
             stage=stage,
         )
     assert reply is not None
-    text = _shown(reply.text)
+    text = _shown_reply(reply)
     if note:
         text = f"{text} ({note})" if text else note
     return Status(success=ok, status=reply.code, status_text=text, stage=None if ok else stage)
@@ -779,7 +803,7 @@ class Conversation:
         msg = fl.message
         if fl.wire is None and msg.in_memory and msg.size is not None and msg.size <= _AHEAD:
             try:
-                fl.wire = (b"".join(data_stream(msg.chunks())),)
+                fl.wire = encode_small(msg.source())
             except Exception:  # met again, in its place, when it is sent lazily
                 fl.wire = None
 
@@ -864,23 +888,22 @@ class Conversation:
         requiretls_ok = self.tls_active and caps.requiretls
         # Envelopes already built in this call, by everything they depend on (the options
         # are the same for the whole call): a bulk send to one envelope builds it once.
-        envelopes: dict[tuple[object, ...], list[tuple[Cmd, bytes, str]]] = {}
+        envelopes: dict[tuple[object, ...], _Envelope] = {}
         pending: _InFlight | None = None
-        for msg in messages:
-            if isinstance(msg, SendStatus):
-                status: SendStatus | None = msg
+        for item in messages:
+            env: _Envelope | None = None
+            if isinstance(item, SendStatus):
+                status: SendStatus | None = item
             elif (
-                (size_limit and msg.size is not None and msg.size > size_limit)
-                or (msg.needs_smtputf8 and not smtputf8_ok)
-                or (msg.eight_bit and not eightbit_ok)
+                (size_limit and item.size is not None and item.size > size_limit)
+                or (item.needs_smtputf8 and not smtputf8_ok)
+                or (item.eight_bit and not eightbit_ok)
                 or (opts.require_tls and not requiretls_ok)
             ):
-                status = self._precheck(msg, opts)  # builds the refusal
+                status = self._precheck(item, opts)  # builds the refusal
             else:
                 status = None
-            envelope: list[tuple[Cmd, bytes, str]] = []
-            if status is None:
-                assert not isinstance(msg, SendStatus)
+                msg = item
                 key = (
                     msg.mail_from,
                     msg.recipients,
@@ -888,39 +911,38 @@ class Conversation:
                     msg.eight_bit,
                     msg.needs_smtputf8,
                 )
-                cached = envelopes.get(key)
-                if cached is not None:
-                    envelope = list(cached)
-                else:
+                env = envelopes.get(key)
+                if env is None:
                     try:
-                        envelope = self._envelope(msg, opts)
+                        lines = self._envelope(msg, opts)
                     except InvalidMessage as exc:
                         # In a batch, one bad envelope fails alone; the others go on.
                         status = invalid_status(exc, msg)
                     else:
+                        if not chunking:
+                            lines.append((Cmd.DATA, commands.DATA, ""))
+                        env = _Envelope(lines)
                         if len(envelopes) >= 256:
                             envelopes.clear()
-                        envelopes[key] = list(envelope)
-            if status is not None:
+                        envelopes[key] = env
+            if env is None:
+                assert status is not None
                 if pending is not None:
                     yield from self._end(pending)
                     pending = None
                 yield from self._report()
                 yield Done(status)
                 continue
-            msg = cast(Prepared, msg)  # a status was passed through above
             fl = _InFlight(msg)
             self._inflight.append(fl)
-            if not chunking:
-                envelope.append((Cmd.DATA, commands.DATA, ""))
             self.stage = "mail"
             if pipelining:
-                # RFC 2920 3.1: MAIL, every RCPT and DATA go as one group; the driver
-                # queues them behind the previous body and sends all in one write.
+                # RFC 2920 3.1: MAIL, every RCPT and DATA go as one group, in one write
+                # queued behind the previous body.
                 sent = self.machine.sent
-                for cmd, data, _ in envelope:
+                for cmd in env.cmds:
                     sent(cmd)
-                    yield Write(data)
+                yield env.write
                 if not chunking:
                     self._encode_ahead = fl
                 if pending is not None:
@@ -933,23 +955,23 @@ class Conversation:
                     pending = None
                 # The replies are read here rather than through _envelope_reply: this is
                 # the hot loop of a bulk send, and each nested generator costs a frame.
-                for cmd, _, _ in envelope:
-                    reply = cast(Reply, (yield READ))
+                for cmd in env.cmds:
+                    reply: Reply = yield READ  # type: ignore[assignment]
                     self._took(reply)
                     self._record(fl, cmd, reply)
             else:
                 if pending is not None:  # pragma: no cover - only pipelined sends leave one
                     yield from self._end(pending)
                     pending = None
-                for cmd, data, _ in envelope:
-                    if cmd is Cmd.DATA and not fl.accepted():
+                for cmd, data, _ in env.lines:
+                    if cmd is Cmd.DATA and not fl.accepted:
                         break
                     yield self._write(cmd, data)
                     yield from self._envelope_reply(fl, cmd)
                     if cmd is Cmd.MAIL and fl.mail is not None and fl.mail.code != 250:
                         break
             if chunking:
-                if fl.accepted():
+                if fl.accepted:
                     fl.stage = "data"
                     stream = BdatStream(msg.chunks())
                     yield WriteBody(stream, msg, bdat=True)
@@ -965,7 +987,7 @@ class Conversation:
                     continue
             elif fl.data is not None and fl.data.code == 354:
                 fl.stage = "data"
-                if fl.accepted():
+                if fl.accepted:
                     wire = fl.wire
                     yield WriteBody(wire if wire is not None else data_stream(msg.chunks()), msg)
                 else:  # RFC 2920 3.1: DATA accepted with no recipient: end it empty.
@@ -1000,6 +1022,8 @@ class Conversation:
             fl.stage = "rcpt"
         elif cmd is Cmd.RCPT:
             fl.rcpts[fl.message.recipients[len(fl.rcpts)]] = reply
+            if reply.code in (250, 251):
+                fl.accepted += 1
         else:
             fl.data = reply
         if reply.code == 421:
@@ -1012,7 +1036,7 @@ class Conversation:
         """
         final: Reply | None = None
         for _ in range(max(fl.bdat_commands, 1)):
-            reply = cast(Reply, (yield READ))
+            reply: Reply = yield READ  # type: ignore[assignment]
             self._took(reply)
             if final is None or final.code == 250:
                 final = reply  # the first failure wins, else the last success

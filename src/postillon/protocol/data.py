@@ -176,6 +176,18 @@ def data_stream(chunks: Iterable[bytes], block: int = 65536) -> Iterator[bytes]:
     return _data_stream(chunks, block)
 
 
+def encode_small(chunks: Iterable[bytes]) -> tuple[bytes, ...]:
+    """The DATA wire bytes of a small message held in memory, in one or two pieces.
+
+    The same bytes as :func:`data_stream`; a message that is one ``bytes`` chunk (a raw
+    message) is stuffed without a generator and without joining text and terminator,
+    which the driver's write joins anyway.
+    """
+    if type(chunks) is tuple and len(chunks) == 1 and type(chunks[0]) is bytes:
+        return _stuff_one(chunks[0])
+    return (b"".join(data_stream(chunks)),)
+
+
 def _stuff_one(chunk: bytes) -> tuple[bytes, bytes]:
     """:func:`dot_stuff` of a message that came in one chunk, without an encoder object:
     the stuffed text and the tail (terminator, after a CRLF if the last line is open).

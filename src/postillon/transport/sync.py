@@ -19,14 +19,13 @@ from typing import NoReturn
 
 from ..errors import ServerDisconnected, TimeoutError
 from ..protocol.conversation import (
+    FLUSH,
+    READ,
     Conversation,
     Done,
     Flow,
     Write,
     WriteBody,
-    _Flush,
-    _Read,
-    _StartTLS,
 )
 from ..protocol.reply import Reply
 from ..settings import Security
@@ -159,15 +158,9 @@ class SyncConnection:
             except StopIteration:
                 break
             answer = None
-            kind = type(req)
-            if kind is Write:
-                assert isinstance(req, Write)
-                buf.append(req.data)
-                size += len(req.data)
-                if logging_on:
-                    for line in req.lines():
-                        tr.sent(line)
-            elif kind is _Read or kind is _Flush:
+            # Requests by frequency: READ and FLUSH are singletons, the others are
+            # told apart by their exact type (cheaper than isinstance, and mypy narrows).
+            if req is READ or req is FLUSH:
                 if buf:
                     self._sendall(b"".join(buf) if len(buf) > 1 else buf[0])
                     buf.clear()
@@ -175,12 +168,20 @@ class SyncConnection:
                     conv.idle()  # encode ahead while the server works
                     if on_sent is not None:
                         on_sent()
-                if kind is _Read:
+                if req is READ:
                     answer = self._read_reply()
                     if logging_on:
                         tr.received(answer, redact=conv.stage == "auth")
-            elif kind is WriteBody:
-                assert isinstance(req, WriteBody)
+            elif type(req) is Write:
+                buf.append(req.data)
+                size += len(req.data)
+                if logging_on:
+                    for line in req.lines():
+                        tr.sent(line)
+            elif type(req) is Done:
+                if on_done is not None:
+                    on_done(req.status)
+            elif type(req) is WriteBody:
                 for chunk in req.chunks:
                     if bodies_on:
                         log_body(tr, chunk, req.bdat)
@@ -195,12 +196,7 @@ class SyncConnection:
                     else:
                         buf.append(chunk)
                         size += len(chunk)
-            elif kind is Done:
-                assert isinstance(req, Done)
-                if on_done is not None:
-                    on_done(req.status)
-            else:
-                assert isinstance(req, _StartTLS)
+            else:  # START_TLS
                 if buf:
                     self._sendall(b"".join(buf))
                     buf.clear()
