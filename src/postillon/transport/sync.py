@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import select
 import socket
 import ssl
@@ -33,6 +34,10 @@ from ..status import SendStatus
 from . import tls
 from .common import READ_SIZE, WRITE_BUFFER, Endpoint, local_hostname, log_body, map_exceptions
 from .transcript import Transcript
+
+#: what a non-blocking socket raises when it must wait (TLS: for either direction)
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_poll = getattr(select, "poll", None)
 
 
 def _reraise(exc: BaseException, host: str) -> NoReturn:
@@ -64,15 +69,47 @@ class SyncConnection:
             raise TimeoutError(f"timed out talking to {self.endpoint.host}")
         return left
 
+    # The socket is non-blocking once connected: a send or a receive is tried first and
+    # only waits (poll, within the deadline) when the kernel says it would block. A
+    # socket with a timeout would cost three system calls per operation instead of one
+    # (settimeout's ioctl, poll, then the call), and a bulk send does two per message.
+
+    def _wait(self, sock: socket.socket, write: bool) -> None:
+        """Wait until ``sock`` is readable (or writable), at most until the deadline."""
+        left = self._remaining()
+        try:
+            if _poll is not None:
+                poller = _poll()
+                poller.register(sock, select.POLLOUT if write else select.POLLIN)
+                ready = bool(poller.poll(math.ceil(left * 1000)))
+            else:  # pragma: no cover - platforms without poll()
+                r, w, _ = select.select([] if write else [sock], [sock] if write else [], [], left)
+                ready = bool(r or w)
+        except (OSError, ValueError) as exc:  # a socket closed under us
+            _reraise(exc, self.endpoint.host)
+        if not ready:
+            raise TimeoutError(f"timed out talking to {self.endpoint.host}")
+
     def _sendall(self, data: bytes) -> None:
         sock = self.sock
         assert sock is not None
+        view = memoryview(data)
         # try/except rather than ``with map_exceptions()`` on every call: entering a
         # context manager costs more than the send itself on a pipelined bulk run; the
         # mapping is the same, applied only when something failed.
         try:
-            sock.settimeout(self._remaining())
-            sock.sendall(data)
+            while True:
+                try:
+                    sent = sock.send(view)
+                except _WOULD_BLOCK as exc:
+                    # TLS may need to read before it can write (a renegotiation)
+                    self._wait(sock, not isinstance(exc, ssl.SSLWantReadError))
+                    continue
+                if sent == len(view):
+                    return
+                view = view[sent:]
+                if time.monotonic() >= self.deadline:  # a reader that takes a byte a time
+                    raise TimeoutError(f"timed out talking to {self.endpoint.host}")
         except (OSError, EOFError) as exc:
             _reraise(exc, self.endpoint.host)
 
@@ -83,14 +120,19 @@ class SyncConnection:
         assert sock is not None
         while reply is None:
             try:
-                sock.settimeout(self._remaining())
                 data = sock.recv(READ_SIZE)
+            except _WOULD_BLOCK as exc:
+                self._wait(sock, isinstance(exc, ssl.SSLWantWriteError))
+                continue
             except (OSError, EOFError) as exc:
                 _reraise(exc, self.endpoint.host)
             if not data:
                 raise ServerDisconnected(f"{self.endpoint.host} closed the connection")
             parser.feed(data)
             reply = parser.next_reply()
+            if reply is None and time.monotonic() >= self.deadline:
+                # bytes keep coming and never make a reply: the deadline still holds
+                raise TimeoutError(f"timed out talking to {self.endpoint.host}")
         self.replies += 1
         return reply
 
@@ -103,6 +145,7 @@ class SyncConnection:
         with map_exceptions(ep.host, connecting=True):
             sock = socket.create_connection((ep.host, ep.port), timeout=self._remaining())
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(0.0)  # non-blocking from here on (see _wait)
         self.sock = sock
         name = local_hostname(ep.session.local_hostname, sock.getsockname())
         if name != ep.session.local_hostname:
@@ -122,6 +165,7 @@ class SyncConnection:
                 wrapped = ep.tls.context.wrap_socket(self.sock, server_hostname=ep.host)
             except (ssl.SSLError, ssl.CertificateError) as exc:
                 raise tls.describe(exc, ep.host) from exc
+        wrapped.settimeout(0.0)  # the handshake had the deadline; non-blocking again
         self.sock = wrapped
         if ep.tls.manual_leaf_check:
             tls.verify_leaf(wrapped.getpeercert(binary_form=True), ep.host, ep.tls.ignore)
