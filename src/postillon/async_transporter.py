@@ -11,6 +11,8 @@ Example::
     async with AsyncTransporter("smtp.example.com", max_connections=4,
                                 user="ann", password=secret) as t:
         statuses = await asyncio.gather(*(t.send(m) for m in mails))
+        async for status in t.iter_send(more_mails):   # bulk, in bounded memory
+            print(status.message_id, status.success)
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterable, Iterable
+from collections import deque
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from typing import TYPE_CHECKING, Any
 
 from . import testing as _testing
@@ -39,7 +49,8 @@ from .transporter import (
     Staged,
     TransporterBase,
     _gate,
-    _invalid,
+    iter_mails,
+    send_options,
 )
 
 if TYPE_CHECKING:
@@ -293,61 +304,66 @@ class AsyncTransporter(TransporterBase):
     ) -> list[SendStatus]:
         """Send many messages over up to ``max_connections`` pipelined connections.
 
-        Statuses come back in the order of the input. Messages are pulled from the
-        iterable only as connections are ready for them, so an iterator of a million
-        messages is never held in memory.
+        Statuses come back in the order of the input, one per message; a message that
+        cannot be sent as given gets a failed status (stage "message") in its place.
+        Messages are pulled from the iterable only as connections are ready for them
+        (as :meth:`iter_send` does), so an iterator of a million messages is never held
+        in memory; the list of statuses is. ``async for s in t.iter_send(mails)`` keeps
+        memory bounded whatever the number of messages.
+
+        Example::
+
+            statuses = await t.send_many(mails)
+            failed = [s for s in statuses if not s.success]
         """
-        opts = SendOptions(dsn=dsn, require_tls=require_tls)
-        results: dict[int, SendStatus] = {}
-        queue: asyncio.Queue[tuple[int, Staged | SendStatus] | None] = asyncio.Queue(
-            maxsize=self._max * 64
-        )
-
-        async def produce() -> None:
-            i = 0
-            if isinstance(mails, AsyncIterable):
-                async for mail in mails:
-                    await queue.put((i, await self._stage_signed(mail)))
-                    i += 1
-            else:
-                for mail in mails:
-                    await queue.put((i, await self._stage_signed(mail)))
-                    i += 1
-            for _ in range(self._max):
-                await queue.put(None)
-
-        async def lane() -> None:
-            # One lane pipelines on one connection: it takes the next messages from the
-            # queue as long as it finds them waiting, then reports them.
-            done = False
-            while not done:
-                item = await queue.get()
-                if item is None:
-                    return
-                group = [item]
-                while len(group) < 64:
-                    try:
-                        nxt = queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        break
-                    if nxt is None:
-                        done = True
-                        break
-                    group.append(nxt)
-                batch = Batch(self, [g[1] for g in group], opts, None, None)
-                batch.single = False
-                await self._drive(batch)
-                for (index, _), status in zip(group, batch.statuses(), strict=True):
-                    results[index] = status
-
-        await asyncio.gather(produce(), *(lane() for _ in range(self._max)))
-        return [results[i] for i in range(len(results))]
-
-    def _stage_or_status(self, mail: Message) -> Staged | SendStatus:
+        stream = _Stream(self, mails, send_options(dsn, require_tls))
+        out: list[SendStatus] = []
         try:
-            return self._stage(mail, None, None)
-        except InvalidMessage as exc:
-            return _invalid(exc)
+            while (chunk := await stream.next_chunk()) is not None:
+                out += chunk
+        finally:
+            await stream.close()
+        return out
+
+    def iter_send(
+        self,
+        mails: Iterable[Message] | AsyncIterable[Message],
+        *,
+        dsn: Dsn | None = None,
+        require_tls: bool = False,
+    ) -> AsyncGenerator[SendStatus, None]:
+        """:meth:`send_many`, streamed: yield each message's status, in input order.
+
+        ``mails`` is an iterable or an async iterable of messages (Email, EmailMessage,
+        RawMessage, mixed); a message that cannot be sent as given gets a failed status
+        in its place and the stream goes on. The messages go over up to
+        ``max_connections`` pipelined connections, and a status is yielded once the
+        pipelined group it went in (up to 64 messages) and every message before it have
+        their answers. Memory stays bounded: the input is read at most
+        ``max_connections * 128`` messages ahead of what the caller has consumed, so a
+        slow consumer slows the sending down. An exception raised by the input itself
+        comes out after the statuses of the messages read before it.
+
+        Stopping early (``break``, ``aclose()``, cancellation) stops the sending: the
+        messages in flight get no status (they may or may not have reached the server)
+        and their connections are dropped; idle ones go back to the pool, and the
+        transporter stays usable. ``contextlib.aclosing`` makes that happen at once
+        rather than when the generator is collected.
+
+        Example::
+
+            async with contextlib.aclosing(t.iter_send(messages)) as statuses:
+                async for status in statuses:
+                    if not status.success:
+                        log_failure(status)
+        """
+        stream = _Stream(self, mails, send_options(dsn, require_tls))
+        return _statuses(stream)
+
+    @property
+    def _stream_window(self) -> int:
+        """How many messages iter_send reads ahead of its caller at most."""
+        return self._max * WINDOW_PER_CONNECTION
 
     async def _stage_signed(self, mail: Message) -> Staged | SendStatus:
         """Staged and, when a signer applies, signed (off the loop); or a failed status."""
@@ -385,7 +401,7 @@ class AsyncTransporter(TransporterBase):
         return await asyncio.to_thread(self._sign_staged, staged, smime, dkim)
 
     async def _drive(self, batch: Batch) -> None:
-        """The async twin of Transporter._run: the loop only, decisions are in Batch."""
+        """The async twin of Transporter._drive: the loop only, decisions are in Batch."""
         box = _testing.active()
         if box is not None:
             box.deliver(self, batch)  # postillon.testing.Outbox: captured, no connection
@@ -433,3 +449,168 @@ class AsyncTransporter(TransporterBase):
                 await self._release(conn, True)
                 if batch.fed == fed and throttle.delay() == 0:
                     await asyncio.sleep(0.001)  # nothing went (a lost race for a token)
+
+
+#: The most messages one lane pipelines in a go: the ones waiting when it takes its turn,
+#: up to this many. A turn ends when their answers are in (the pipeline drains), so it
+#: is also the granularity at which iter_send learns statuses.
+LANE_GROUP = 64
+
+#: How far iter_send reads ahead of its caller, per connection: the group each lane has
+#: in flight and the next one waiting behind it, so that a lane never idles for want of
+#: input while the caller keeps up. Groups finish out of order across connections; a
+#: finished group waits in the reorder buffer for the earlier ones within this same
+#: budget (the input stops being read meanwhile). More buys no throughput (measured with
+#: bench/bench_throughput.py) and costs memory: for 8 connections it is 1,024 messages.
+WINDOW_PER_CONNECTION = 2 * LANE_GROUP
+
+
+class _Stream:
+    """One send_many()/iter_send() call: a producer, lanes and an in-order reorder buffer.
+
+    Theory of operation. The producer task reads the input, stages each message (a
+    message that cannot be sent becomes its failed status) and appends it to
+    ``pending``; it stops reading while ``pulled`` is a window ahead of ``credited``,
+    the count of statuses the caller has consumed (backpressure). ``max_connections``
+    lane tasks each take the messages waiting, up to :data:`LANE_GROUP`, as one
+    contiguous group of input positions, pipeline it on one pooled connection
+    (:meth:`AsyncTransporter._drive`) and put its statuses in ``ready`` under the
+    group's first position. The caller's side, :meth:`next_chunk`, hands out the group
+    that starts where the previous one ended, waiting for it if need be. Every piece of
+    state is bounded by the window; nothing grows with the number of messages.
+
+    The tasks start with the first :meth:`next_chunk`; :meth:`close` cancels them, which
+    drops the connections of the groups in flight (``_drive`` never reuses a connection
+    in an unknown state) and leaves the pool usable.
+    """
+
+    def __init__(
+        self,
+        owner: AsyncTransporter,
+        mails: Iterable[Message] | AsyncIterable[Message],
+        opts: SendOptions,
+    ) -> None:
+        self.owner = owner
+        self.source: Iterator[Message] | AsyncIterator[Message]
+        if isinstance(mails, AsyncIterable):
+            self.source = aiter(mails)
+        else:
+            self.source = iter_mails(mails, "an iterable or async iterable")
+        self.opts = opts
+        self.window = owner._stream_window
+        self.pending: deque[Staged | SendStatus] = deque()
+        #: input items read; items taken by lanes; statuses handed out; and consumed
+        self.pulled = self.taken = self.emitted = self.credited = 0
+        #: ``pulled`` once the input is exhausted (or failed)
+        self.total: int | None = None
+        #: what the input raised: raised to the caller after the statuses before it
+        self.error: Exception | None = None
+        #: finished groups by first position (the reorder buffer)
+        self.ready: dict[int, list[SendStatus]] = {}
+        self.more = asyncio.Event()  # for lanes: messages waiting, or the input ended
+        self.room = asyncio.Event()  # for the producer: the caller consumed some
+        self.news = asyncio.Event()  # for the caller: a group finished, or a task died
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def next_chunk(self) -> list[SendStatus] | None:
+        """The next statuses in input order; None at the end. Raises what a task raised."""
+        # Asking for more means the previous chunk was consumed: it leaves the window.
+        if self.credited != self.emitted:
+            self.credited = self.emitted
+            self.room.set()
+        if not self.tasks:
+            if self.total is not None:
+                return None  # closed, or ended already
+            self._start()
+        while True:
+            chunk = self.ready.pop(self.emitted, None)
+            if chunk is not None:
+                self.emitted += len(chunk)
+                return chunk
+            if self.total is not None and self.emitted >= self.total:
+                if self.error is not None:
+                    error, self.error = self.error, None
+                    raise error
+                return None
+            for task in self.tasks:
+                failure = task.exception() if task.done() and not task.cancelled() else None
+                if failure is not None:
+                    raise failure
+            self.news.clear()
+            await self.news.wait()
+
+    def _start(self) -> None:
+        wake: Callable[[asyncio.Task[None]], None] = lambda _: self.news.set()  # noqa: E731
+        self.tasks = [asyncio.create_task(self._produce())]
+        self.tasks += [asyncio.create_task(self._lane()) for _ in range(self.owner._max)]
+        for task in self.tasks:
+            task.add_done_callback(wake)
+
+    async def close(self) -> None:
+        """Stop every task (cancelling the groups in flight) and wait until they ended."""
+        tasks, self.tasks = self.tasks, []
+        if self.total is None:
+            self.total = self.pulled
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _produce(self) -> None:
+        owner = self.owner
+        stage = owner._stage_or_status
+        # Signing may read files or hash a large message: off the loop (_sign_early).
+        signs = owner._settings.smime is not None or owner._settings.dkim is not None
+        source = self.source
+        try:
+            if isinstance(source, AsyncIterator):
+                async for mail in source:
+                    self._push(await owner._stage_signed(mail) if signs else stage(mail))
+                    while self.pulled >= self.credited + self.window:
+                        self.room.clear()
+                        await self.room.wait()
+            else:
+                for mail in source:
+                    self._push(await owner._stage_signed(mail) if signs else stage(mail))
+                    while self.pulled >= self.credited + self.window:
+                        self.room.clear()
+                        await self.room.wait()
+        except Exception as exc:  # the input failed: what was read before still goes
+            self.error = exc
+        self.total = self.pulled
+        self.more.set()
+        self.news.set()
+
+    def _push(self, item: Staged | SendStatus) -> None:
+        self.pending.append(item)
+        self.pulled += 1
+        self.more.set()
+
+    async def _lane(self) -> None:
+        # One lane pipelines on one connection at a time (the pool's); groups of input
+        # positions are contiguous because a lane takes its group without awaiting.
+        owner, pending, opts = self.owner, self.pending, self.opts
+        while True:
+            while not pending:
+                if self.total is not None:
+                    return
+                self.more.clear()
+                await self.more.wait()
+            n = min(len(pending), LANE_GROUP)
+            start = self.taken
+            self.taken += n
+            batch = Batch(owner, [pending.popleft() for _ in range(n)], opts, None, None)
+            batch.single = False  # a message this server cannot take fails alone
+            await owner._drive(batch)
+            self.ready[start] = batch.statuses()
+            self.news.set()
+
+
+async def _statuses(stream: _Stream) -> AsyncGenerator[SendStatus, None]:
+    """The body of AsyncTransporter.iter_send: the stream's chunks, one status at a time."""
+    try:
+        while (chunk := await stream.next_chunk()) is not None:
+            for status in chunk:
+                yield status
+    finally:
+        await stream.close()

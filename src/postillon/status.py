@@ -89,7 +89,7 @@ _COMPONENT_ERRORS: dict[str, type[SMTPError]] = {
 }
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Status:
     """Result of ``check_connection()`` (4D ``{success, status, statusText, errors}``).
 
@@ -135,7 +135,7 @@ class Status:
         return self
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SendStatus(Status):
     """Result of ``send()``: a :class:`Status` plus the per-recipient outcome.
 
@@ -166,7 +166,9 @@ class SendStatus(Status):
 
     def to_dict(self) -> dict[str, Any]:
         """The status as a plain dict; :meth:`from_dict` reads it back."""
-        out = super().to_dict()
+        # Status.method(self), not super(): slots=True makes the dataclass a new class,
+        # which zero-argument super() does not know before Python 3.14.
+        out = Status.to_dict(self)
         out["enhanced_status"] = self.enhanced_status
         out["message_id"] = self.message_id
         out["recipients"] = {a: r.to_dict() for a, r in self.recipients.items()}
@@ -204,7 +206,7 @@ class SendStatus(Status):
         if self.status and (self.stage == "rcpt" or (self.refused and self.stage is None)):
             refused = {a: (r.code, r.text) for a, r in self.recipients.items() if not r.accepted}
             return RecipientsRefused(self.status, self.status_text, self.enhanced_status, refused)
-        return super().exception()
+        return Status.exception(self)
 
 
 # Fast constructors for the bulk path, which makes one status and one recipient status
