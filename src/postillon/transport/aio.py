@@ -327,8 +327,12 @@ class AsyncConnection:
                 if st.on_done is not None:
                     st.on_done(req.status)
             elif type(req) is WriteBody:
-                if not req.message.in_memory:
-                    return req  # read in a worker thread by _await
+                body = req.message
+                if not body.in_memory or body.size is None or body.size > _BATCH:
+                    # From disk, or large (a signed 20 MB message is in memory): read in
+                    # a worker thread and written a block at a time by _await, so no
+                    # callback joins and copies the whole of it on the loop.
+                    return req
                 for chunk in req.chunks:
                     if tr.body_active:
                         log_body(tr, chunk, req.bdat)
