@@ -501,7 +501,7 @@ class TransporterBase:
     def _sign(
         self, prepared: Prepared, smime: SmimeSigner | None, dkim: DkimSigner | None
     ) -> Prepared:
-        smime, dkim = smime or self._settings.smime, dkim or self._settings.dkim
+        smime, dkim = self._signers(smime, dkim)
         if smime is None and dkim is None:
             return prepared  # nothing to sign: no call into the signing package
         return _sign_with(prepared, smime, dkim)
