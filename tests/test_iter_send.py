@@ -252,6 +252,54 @@ def test_async_window_scales_with_connections() -> None:
     assert eight._stream_window == 8 * one._stream_window
 
 
+def test_async_lane_pipelines_run_after_run_without_draining(smtp_sink: Any) -> None:
+    """Runs of a lane follow each other on its connection: the pipeline drains (a body
+    leaves with no next envelope behind it) only at the end of the input."""
+    sink = smtp_sink()
+    n = 10 * 64 + 5  # ten runs and a ragged one
+
+    async def main() -> tuple[list[SendStatus], list[bytes]]:
+        t = AsyncTransporter(sink.host, sink.port, security=Security.NONE)
+        await t.open()
+        (conn,) = t._idle
+        writes: list[bytes] = []
+        write = conn.transport.write
+
+        def recorded(data: bytes) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        conn.transport.write = recorded
+        statuses = [s async for s in t.iter_send(raw(i) for i in range(n))]
+        await t.close()
+        return statuses, writes
+
+    statuses, writes = asyncio.run(main())
+    assert [s.message_id for s in statuses] == [mid(i) for i in range(n)]
+    assert all(s.success for s in statuses)
+    alone = [w for w in writes if w.endswith(b"\r\n.\r\n")]
+    assert len(alone) == 1 and writes[-1] == alone[0], len(alone)
+
+
+def test_async_lane_goes_on_across_connection_renewals(smtp_sink: Any) -> None:
+    """A lane's run of messages outlives its connections (PoolPolicy.max_messages)."""
+    sink = smtp_sink()
+    n = 500
+
+    async def main() -> tuple[list[SendStatus], int]:
+        t = AsyncTransporter(
+            sink.host, sink.port, security=Security.NONE, pool=PoolPolicy(max_messages=7)
+        )
+        statuses = [s async for s in t.iter_send(raw(i) for i in range(n))]
+        await t.close()
+        return statuses, t.connections_opened
+
+    statuses, opened = asyncio.run(main())
+    assert [s.message_id for s in statuses] == [mid(i) for i in range(n)]
+    assert all(s.success for s in statuses)
+    assert opened == -(-n // 7)  # one connection per 7 messages, none wasted
+
+
 # ------------------------------------------------------------------------- early stop
 
 

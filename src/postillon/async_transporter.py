@@ -30,13 +30,13 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import testing as _testing
 from .errors import InvalidMessage, SMTPError
 from .message.prepared import Prepared
 from .pool import Lifetime
-from .protocol.conversation import SendOptions, check_status, invalid_status
+from .protocol.conversation import Conversation, SendOptions, check_status, invalid_status
 from .settings import Dsn
 from .status import SendStatus, Status
 from .transport.aio import AsyncConnection
@@ -338,7 +338,7 @@ class AsyncTransporter(TransporterBase):
         RawMessage, mixed); a message that cannot be sent as given gets a failed status
         in its place and the stream goes on. The messages go over up to
         ``max_connections`` pipelined connections, and a status is yielded once the
-        pipelined group it went in (up to 64 messages) and every message before it have
+        run of messages it was taken in (up to 64) and every message before it have
         their answers. Memory stays bounded: the input is read at most
         ``max_connections * 128`` messages ahead of what the caller has consumed, so a
         slow consumer slows the sending down. An exception raised by the input itself
@@ -451,15 +451,16 @@ class AsyncTransporter(TransporterBase):
                     await asyncio.sleep(0.001)  # nothing went (a lost race for a token)
 
 
-#: The most messages one lane pipelines in a go: the ones waiting when it takes its turn,
-#: up to this many. A turn ends when their answers are in (the pipeline drains), so it
-#: is also the granularity at which iter_send learns statuses.
+#: The most messages a lane takes from the stream at once: a run of contiguous input
+#: positions, the ones waiting, up to this many. The lane's connection goes on with the
+#: next run without waiting for the answers to this one (the pipeline drains only when
+#: no message waits), and a run is the granularity at which iter_send learns statuses.
 LANE_GROUP = 64
 
-#: How far iter_send reads ahead of its caller, per connection: the group each lane has
+#: How far iter_send reads ahead of its caller, per connection: the run each lane has
 #: in flight and the next one waiting behind it, so that a lane never idles for want of
-#: input while the caller keeps up. Groups finish out of order across connections; a
-#: finished group waits in the reorder buffer for the earlier ones within this same
+#: input while the caller keeps up. Runs finish out of order across connections; a
+#: finished run waits in the reorder buffer for the earlier ones within this same
 #: budget (the input stops being read meanwhile). More buys no throughput (measured with
 #: bench/bench_throughput.py) and costs memory: for 8 connections it is 1,024 messages.
 WINDOW_PER_CONNECTION = 2 * LANE_GROUP
@@ -468,19 +469,25 @@ WINDOW_PER_CONNECTION = 2 * LANE_GROUP
 class _Stream:
     """One send_many()/iter_send() call: a producer, lanes and an in-order reorder buffer.
 
-    Theory of operation. The producer task reads the input, stages each message (a
-    message that cannot be sent becomes its failed status) and appends it to
+    Theory of operation. The producer task reads the input and appends each message to
     ``pending``; it stops reading while ``pulled`` is a window ahead of ``credited``,
     the count of statuses the caller has consumed (backpressure). ``max_connections``
-    lane tasks each take the messages waiting, up to :data:`LANE_GROUP`, as one
-    contiguous group of input positions, pipeline it on one pooled connection
-    (:meth:`AsyncTransporter._drive`) and put its statuses in ``ready`` under the
-    group's first position. The caller's side, :meth:`next_chunk`, hands out the group
-    that starts where the previous one ended, waiting for it if need be. Every piece of
-    state is bounded by the window; nothing grows with the number of messages.
+    lane tasks each pipeline on one pooled connection (:meth:`AsyncTransporter._drive`)
+    the messages waiting, taken in runs of contiguous input positions (up to
+    :data:`LANE_GROUP`) one after the other while any wait (:class:`_LaneBatch`), and
+    put each run's statuses in ``ready`` under its first position. A message is staged
+    (a message that cannot be sent becomes its failed status) as the lane's
+    conversation takes it, in the moment after a write while the server works
+    (:meth:`Feed.prefetch`), as the synchronous transporter's slices do: staged by the
+    producer, a run's worth would go back to back on the loop and hold up the replies
+    that arrive meanwhile. Only when a signer applies does the producer stage, since
+    signing may have to leave the loop. The caller's side, :meth:`next_chunk`, hands
+    out the run that starts where the previous one ended, waiting for it if need be.
+    Every piece of state is bounded by the window; nothing grows with the number of
+    messages.
 
     The tasks start with the first :meth:`next_chunk`; :meth:`close` cancels them, which
-    drops the connections of the groups in flight (``_drive`` never reuses a connection
+    drops the connections of the runs in flight (``_drive`` never reuses a connection
     in an unknown state) and leaves the pool usable.
     """
 
@@ -498,18 +505,21 @@ class _Stream:
             self.source = iter_mails(mails, "an iterable or async iterable")
         self.opts = opts
         self.window = owner._stream_window
-        self.pending: deque[Staged | SendStatus] = deque()
+        # Signing may read files or hash a large message: the producer does it, off the
+        # loop (_sign_early); otherwise the lanes stage what they take.
+        self.signs = owner._settings.smime is not None or owner._settings.dkim is not None
+        self.pending: deque[Message | Staged | SendStatus] = deque()
         #: input items read; items taken by lanes; statuses handed out; and consumed
         self.pulled = self.taken = self.emitted = self.credited = 0
         #: ``pulled`` once the input is exhausted (or failed)
         self.total: int | None = None
         #: what the input raised: raised to the caller after the statuses before it
         self.error: Exception | None = None
-        #: finished groups by first position (the reorder buffer)
+        #: finished runs by first position (the reorder buffer)
         self.ready: dict[int, list[SendStatus]] = {}
         self.more = asyncio.Event()  # for lanes: messages waiting, or the input ended
         self.room = asyncio.Event()  # for the producer: the caller consumed some
-        self.news = asyncio.Event()  # for the caller: a group finished, or a task died
+        self.news = asyncio.Event()  # for the caller: a run finished, or a task died
         self.tasks: list[asyncio.Task[None]] = []
 
     async def next_chunk(self) -> list[SendStatus] | None:
@@ -547,7 +557,7 @@ class _Stream:
             task.add_done_callback(wake)
 
     async def close(self) -> None:
-        """Stop every task (cancelling the groups in flight) and wait until they ended."""
+        """Stop every task (cancelling the runs in flight) and wait until they ended."""
         tasks, self.tasks = self.tasks, []
         if self.total is None:
             self.total = self.pulled
@@ -558,20 +568,18 @@ class _Stream:
 
     async def _produce(self) -> None:
         owner = self.owner
-        stage = owner._stage_or_status
-        # Signing may read files or hash a large message: off the loop (_sign_early).
-        signs = owner._settings.smime is not None or owner._settings.dkim is not None
+        signs = self.signs
         source = self.source
         try:
             if isinstance(source, AsyncIterator):
                 async for mail in source:
-                    self._push(await owner._stage_signed(mail) if signs else stage(mail))
+                    self._push(await owner._stage_signed(mail) if signs else mail)
                     while self.pulled >= self.credited + self.window:
                         self.room.clear()
                         await self.room.wait()
             else:
                 for mail in source:
-                    self._push(await owner._stage_signed(mail) if signs else stage(mail))
+                    self._push(await owner._stage_signed(mail) if signs else mail)
                     while self.pulled >= self.credited + self.window:
                         self.room.clear()
                         await self.room.wait()
@@ -581,29 +589,85 @@ class _Stream:
         self.more.set()
         self.news.set()
 
-    def _push(self, item: Staged | SendStatus) -> None:
+    def _push(self, item: Message | Staged | SendStatus) -> None:
         self.pending.append(item)
         self.pulled += 1
         self.more.set()
 
     async def _lane(self) -> None:
-        # One lane pipelines on one connection at a time (the pool's); groups of input
-        # positions are contiguous because a lane takes its group without awaiting.
-        owner, pending, opts = self.owner, self.pending, self.opts
+        # One lane pipelines on one connection at a time (the pool's), run after run
+        # for as long as messages wait (_LaneBatch); it drains only when none do.
+        owner, pending = self.owner, self.pending
         while True:
             while not pending:
                 if self.total is not None:
                     return
                 self.more.clear()
                 await self.more.wait()
-            n = min(len(pending), LANE_GROUP)
-            start = self.taken
-            self.taken += n
-            batch = Batch(owner, [pending.popleft() for _ in range(n)], opts, None, None)
-            batch.single = False  # a message this server cannot take fails alone
+            batch = _LaneBatch(self)
             await owner._drive(batch)
-            self.ready[start] = batch.statuses()
-            self.news.set()
+            batch.publish()
+
+
+class _LaneBatch(Batch):
+    """The messages of one lane: taken from the stream in runs while any wait, and
+    pipelined on the lane's connection one run after the other without a pause; each
+    run's statuses go to the reorder buffer as soon as they are all in."""
+
+    def __init__(self, stream: _Stream) -> None:
+        self.stream = stream
+        #: (first input position, count) of each run taken whose statuses are not out
+        self.runs: deque[tuple[int, int]] = deque()
+        super().__init__(stream.owner, self._take(), stream.opts, None, None)
+        self.single = False  # a message this server cannot take fails alone
+
+    def _take(self) -> Iterator[Staged | SendStatus]:
+        stream = self.stream
+        pending = stream.pending
+        stage = None if stream.signs else stream.owner._stage_or_status
+        while pending:
+            # A run's input positions are contiguous: it is taken whole, without awaiting.
+            n = min(len(pending), LANE_GROUP)
+            self.runs.append((stream.taken, n))
+            stream.taken += n
+            run = [pending.popleft() for _ in range(n)]
+            if stage is None:  # the producer staged and signed them
+                yield from cast("list[Staged | SendStatus]", run)
+            else:
+                for item in run:
+                    yield stage(item)
+
+    def publish(self) -> None:
+        """Hand the runs whose statuses are all in to the stream, in order."""
+        stream = self.stream
+        runs = self.runs
+        while runs:
+            start, n = runs[0]
+            statuses = self.pop_statuses(n)
+            if statuses is None:
+                return
+            runs.popleft()
+            stream.ready[start] = statuses
+            stream.news.set()
+
+    def on_done(self, conn: Any) -> Callable[[SendStatus], None]:
+        done = super().on_done(conn)
+        runs, results = self.runs, self.results
+
+        def done_and_publish(status: SendStatus) -> None:
+            done(status)
+            if runs and len(results) >= runs[0][1]:  # the first run may be complete
+                self.publish()
+
+        return done_and_publish
+
+    def failed(self, conv: Conversation, exc: SMTPError, reused: bool, replies: int) -> None:
+        super().failed(conv, exc, reused, replies)
+        self.publish()
+
+    def connect_failed(self, exc: SMTPError, stage: str) -> None:
+        super().connect_failed(exc, stage)
+        self.publish()
 
 
 async def _statuses(stream: _Stream) -> AsyncGenerator[SendStatus, None]:

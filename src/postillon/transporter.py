@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import email.message
-import itertools
 import logging
 import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+import weakref
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -1095,6 +1096,18 @@ def split_recipients(item: Staged | SendStatus) -> list[Staged | SendStatus]:
     return [item]
 
 
+def _folded(sizes: list[int], results: list[SendStatus]) -> list[SendStatus]:
+    """One status per item, the ``sizes[i]`` transactions of item ``i`` folded."""
+    if len(sizes) == len(results):
+        return results
+    out: list[SendStatus] = []
+    i = 0
+    for n in sizes:
+        out.append(fold(results[i : i + n]))
+        i += n
+    return out
+
+
 def fold(parts: list[SendStatus]) -> SendStatus:
     """The status of one message sent as several transactions: every recipient's
     outcome; successful only if every part was; else the first failure's reply."""
@@ -1147,7 +1160,7 @@ class Batch:
         self.single = isinstance(items, list) and len(items) == 1
         #: how many transactions each input item became (see :func:`split_recipients`)
         self.sizes: list[int] = []
-        self.source: Iterator[Staged | SendStatus | Prepared] = self._expand(items)
+        self.source = _Pushback(self._expand(items))
         self.opts = opts
         self.smime = smime
         self.dkim = dkim
@@ -1156,8 +1169,9 @@ class Batch:
         self.connect_retried = False
         #: messages handed to a conversation so far (the drivers' progress counter)
         self.fed = 0
-        #: ids of the messages already sent again after a broken connection
-        self.requeued: set[int] = set()
+        #: the messages already sent again after a broken connection (weakly held: an
+        #: id would do until the message is gone and another one gets its address)
+        self.requeued: weakref.WeakSet[Prepared] = weakref.WeakSet()
         self._feed: Feed | None = None
 
     def _expand(self, items: Iterable[Staged | SendStatus]) -> Iterator[Staged | SendStatus]:
@@ -1177,13 +1191,21 @@ class Batch:
 
     def statuses(self) -> list[SendStatus]:
         """One status per input item: the transactions of a split message folded."""
-        if len(self.sizes) == len(self.results):
-            return self.results
-        out: list[SendStatus] = []
-        i = 0
-        for n in self.sizes:
-            out.append(fold(self.results[i : i + n]))
-            i += n
+        return _folded(self.sizes, self.results)
+
+    def pop_statuses(self, items: int) -> list[SendStatus] | None:
+        """The statuses of the first ``items`` input items, taken out of the batch once
+        every transaction of theirs has one (else None), so that a long batch can hand
+        them out as it goes (:class:`AsyncTransporter`'s lanes)."""
+        sizes = self.sizes
+        # every item has at least one transaction: the sum is only taken when it may do
+        if len(sizes) < items or len(self.results) < items:
+            return None
+        count = sum(sizes[:items])
+        if len(self.results) < count:
+            return None
+        out = _folded(sizes[:items], self.results[:count])
+        del sizes[:items], self.results[:count]
         return out
 
     def next_head(self) -> bool:
@@ -1192,7 +1214,7 @@ class Batch:
             if isinstance(head, SendStatus):
                 self.results.append(head)
                 continue
-            self.source = itertools.chain([head], self.source)
+            self.source.push([head])
             return True
         return False
 
@@ -1273,14 +1295,15 @@ class Batch:
         # the server's queue, so the messages go again, once, on a new connection.
         feed, self._feed = self._feed, None
         if feed is not None:
-            # What the conversation had not taken yet goes back in front of the rest.
-            self.source = itertools.chain(feed.unread(), self.source)
+            # What the conversation had not sent yet goes back in front of the rest: the
+            # message it had taken ahead, then what the feed had fetched ahead.
+            self.source.push([*_drained(conv.untaken()), *_drained(feed.unread())])
         closing = isinstance(exc, ReplyError) and exc.code == 421 and replies == 1
         if reused and (replies == 0 or closing) and not self.retried:
             self.retried = True
             again = [fl.message for fl in conv._inflight]
             conv._inflight.clear()
-            self.source = itertools.chain(again, self.source)
+            self.source.push(again)
             return
         # A message whose body never left cannot be on the server: it goes once more on
         # a new connection instead of failing with its neighbour (the connection broke,
@@ -1288,15 +1311,64 @@ class Batch:
         retry = []
         if isinstance(exc, ServerDisconnected) or (isinstance(exc, ReplyError) and exc.code == 421):
             retry = [
-                fl
-                for fl in conv._inflight
-                if not fl.body_sent and id(fl.message) not in self.requeued
+                fl for fl in conv._inflight if not fl.body_sent and fl.message not in self.requeued
             ]
         conv._inflight = [fl for fl in conv._inflight if fl not in retry]
         self.results.extend(conv.abort(exc))
         if retry:
-            self.requeued.update(id(fl.message) for fl in retry)
-            self.source = itertools.chain([fl.message for fl in retry], self.source)
+            self.requeued.update(fl.message for fl in retry)
+            self.source.push([fl.message for fl in retry])
+
+
+class _Raise:
+    """An error met ahead, waiting in a :class:`_Pushback` at the place it was met."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class _Pushback:
+    """A batch's input: an iterator with items put back in front of it.
+
+    A batch puts items back after every turn on a connection and every failure; nested
+    ``itertools.chain`` objects would deepen with each (a lane's batch can outlive
+    thousands of connections), and every item would then pass through all of them.
+    """
+
+    __slots__ = ("_front", "_rest")
+
+    def __init__(self, rest: Iterator[Staged | SendStatus]) -> None:
+        self._front: deque[Staged | SendStatus | Prepared | _Raise] = deque()
+        self._rest = rest
+
+    def __iter__(self) -> _Pushback:
+        return self
+
+    def __next__(self) -> Staged | SendStatus | Prepared:
+        if self._front:
+            item = self._front.popleft()
+            if type(item) is _Raise:
+                raise item.error
+            return item  # type: ignore[return-value]
+        return next(self._rest)
+
+    def push(self, items: Sequence[Staged | SendStatus | Prepared | _Raise]) -> None:
+        """Put ``items`` back in front, in their order."""
+        self._front.extendleft(reversed(items))
+
+
+def _drained(
+    items: Iterator[Prepared | SendStatus],
+) -> list[Staged | SendStatus | Prepared | _Raise]:
+    """What ``items`` yields, and the error it raises (if any) in its place."""
+    out: list[Staged | SendStatus | Prepared | _Raise] = []
+    try:
+        out.extend(items)
+    except Exception as exc:
+        out.append(_Raise(exc))
+    return out
 
 
 class Feed:
@@ -1341,7 +1413,7 @@ class Feed:
             # Held back (budget or rate): first in line for the driver's next turn, and
             # this conversation takes nothing more (nor fetches ahead).
             self._stopped = True
-            batch.source = itertools.chain([item], batch.source)
+            batch.source.push([item])
             raise StopIteration
         batch.fed += 1
         return item

@@ -582,3 +582,18 @@ def test_scram_without_server_proof_is_refused(monkeypatch: pytest.MonkeyPatch) 
     )
     with pytest.raises(AuthenticationError, match="proving"):
         script.run(conv.handshake())
+
+
+def test_message_taken_ahead_is_given_back_when_the_session_breaks() -> None:
+    conv, _ = opened([EHLO_PLAIN])
+    m1, m2, m3 = msg(), msg(rcpts=("c@x.test",)), msg(rcpts=("d@x.test",))
+    # m1 is answered up to its 354; the connection drops before the end of its body
+    # is answered, while m2's envelope is out and m3 was taken to follow it.
+    script = Script(conv, [b"250 ok\r\n250 ok\r\n354 go\r\n"])
+    with pytest.raises(ServerDisconnected) as err:
+        script.run(conv.transactions(iter([m1, m2, m3]), SendOptions()))
+    reported = conv.abort(err.value)
+    assert [list(s.recipients) for s in reported] == [["b@x.test"], ["c@x.test"]]
+    assert reported[0].uncertain and not reported[1].uncertain
+    assert list(conv.untaken()) == [m3]
+    assert list(conv.untaken()) == []  # given back once

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 # Not frozen: a bulk send makes one per message and a frozen dataclass's __init__ costs
 # five times as much; nothing assigns to the fields after construction. Compared by
 # identity (eq=False), as the drivers and the batch track messages.
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Prepared:
     """Envelope plus message bytes. Internal: not part of the public API."""
 

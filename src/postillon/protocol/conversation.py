@@ -24,6 +24,19 @@ DATA) is a :class:`ProtocolError`; so is any byte left in the parser when no com
 outstanding (an unsolicited or duplicated reply must never be paired with the next
 command).
 
+One shortcut, in the hot loop of a pipelined DATA send: while the replies to a pipelined
+group (the end of the previous body, then MAIL, each RCPT and DATA) are each exactly the
+success its command hopes for (:data:`_HOPED`: 250 to the end of data and MAIL, 250 or
+251 to RCPT, 354 to DATA with nothing after it), they are recorded at once but judged by
+the table only after the next write has left (:meth:`Conversation._settle`). From the
+state a group starts in, such a run of successes is what the table accepts, so every
+decision taken on them (send the body, end the message) is the one the table would take;
+deferring the table's bookkeeping takes it off the path between the server's last reply
+and our next write. The first other reply ends the run: those waiting are judged, in
+order, then it and the rest of its group one by one, so the FIFO never pairs a reply
+with the wrong command and a reply the table refuses is refused before anything more is
+written.
+
 The generators never see a socket, a clock or an exception from the network: when the
 driver fails (timeout, disconnect, TLS), it asks :meth:`Conversation.abort` for the
 status of every message still in flight, marking ``uncertain`` those whose final dot was
@@ -38,7 +51,7 @@ import enum
 import functools
 import logging
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import (
@@ -260,6 +273,15 @@ for _state in _IN_TRANSACTION:
     TABLE.setdefault((_state, Cmd.QUIT), _rule([221], _S.CLOSED, _S.CLOSED))
 
 
+#: The replies the hot loop may judge after its next write (see the module docstring).
+_HOPED: dict[Cmd, frozenset[int]] = {
+    Cmd.EOD: frozenset([250]),
+    Cmd.MAIL: frozenset([250]),
+    Cmd.RCPT: frozenset([250, 251]),
+    Cmd.DATA: frozenset([354]),
+}
+
+
 class Outcome(enum.Enum):
     OK = "ok"
     MORE = "more"
@@ -354,6 +376,26 @@ class _Envelope:
         self.lines = lines
         self.cmds = tuple(cmd for cmd, _, _ in lines)
         self.write = Write(b"".join(data for _, data, _ in lines))
+
+
+class _Ahead:
+    """The next item of :meth:`Conversation.transactions`, planned: the envelope of a
+    message to send, or the status that takes its place, or what taking it raised."""
+
+    __slots__ = ("env", "error", "item", "status")
+
+    def __init__(
+        self,
+        item: Prepared | SendStatus | None,
+        env: _Envelope | None = None,
+        *,
+        status: SendStatus | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        self.item = item
+        self.env = env
+        self.status = status
+        self.error = error
 
 
 def _shown(text: str) -> str:
@@ -588,6 +630,10 @@ class Conversation:
         #: pipelined send builds those statuses after its next write, while the server
         #: works, rather than between the server's replies and that write
         self._unreported: list[_InFlight] = []
+        #: hoped-for replies, recorded and not yet judged by the table (see _settle)
+        self._unjudged: list[Reply] = []
+        #: the item transactions() took from its input ahead of time (see untaken)
+        self._ahead: _Ahead | None = None
 
     # -- low-level steps
 
@@ -598,6 +644,8 @@ class Conversation:
     def _took(self, reply: Reply | None, exact: bool = True) -> tuple[Cmd, Outcome]:
         """Judge a reply just read (the bookkeeping half of :meth:`_read`)."""
         assert reply is not None
+        if self._unjudged:
+            self._settle()  # the replies before this one are judged first, in order
         self.last_reply = reply
         machine = self.machine
         cmd, outcome = machine.received(reply)
@@ -607,6 +655,18 @@ class Conversation:
             # the session (security.md 1.12), so the connection is given up.
             raise ProtocolError("the server sent a reply nobody asked for")
         return cmd, outcome
+
+    def _settle(self) -> None:
+        """Judge the hoped-for replies the hot loop recorded without judging, in order.
+
+        They are a run of successes from the state their group started in (module
+        docstring), which the table accepts: this only moves the state and the FIFO on.
+        """
+        received = self.machine.received
+        for reply in self._unjudged:
+            received(reply)
+            self.last_reply = reply
+        self._unjudged.clear()
 
     def _read(
         self, *, exact: bool = True
@@ -874,7 +934,10 @@ class Conversation:
         passed through in its place, so that results stay in the order of the input.
 
         With PIPELINING the envelope of a message leaves in one write, and the next
-        message's envelope follows its body before the end-of-data reply is read.
+        message's envelope follows its body before the end-of-data reply is read. That
+        next message is taken from ``messages`` and its envelope planned while the server
+        reads the one before; when the session breaks first, :meth:`untaken` gives it
+        back.
         """
         caps = self.capabilities
         pipelining = caps.pipelining
@@ -889,42 +952,59 @@ class Conversation:
         # Envelopes already built in this call, by everything they depend on (the options
         # are the same for the whole call): a bulk send to one envelope builds it once.
         envelopes: dict[tuple[object, ...], _Envelope] = {}
-        pending: _InFlight | None = None
-        for item in messages:
-            env: _Envelope | None = None
+
+        def plan(item: Prepared | SendStatus) -> _Ahead:
+            """The envelope of a message to send, or the status of one that is not."""
             if isinstance(item, SendStatus):
-                status: SendStatus | None = item
-            elif (
+                return _Ahead(item, status=item)
+            if (
                 (size_limit and item.size is not None and item.size > size_limit)
                 or (item.needs_smtputf8 and not smtputf8_ok)
                 or (item.eight_bit and not eightbit_ok)
                 or (opts.require_tls and not requiretls_ok)
             ):
-                status = self._precheck(item, opts)  # builds the refusal
+                return _Ahead(item, status=self._precheck(item, opts))  # builds the refusal
+            key = (
+                item.mail_from,
+                item.recipients,
+                item.size if has_size else None,
+                item.eight_bit,
+                item.needs_smtputf8,
+            )
+            env = envelopes.get(key)
+            if env is None:
+                try:
+                    lines = self._envelope(item, opts)
+                except InvalidMessage as exc:
+                    # In a batch, one bad envelope fails alone; the others go on.
+                    return _Ahead(item, status=invalid_status(exc, item))
+                if not chunking:
+                    lines.append((Cmd.DATA, commands.DATA, ""))
+                env = _Envelope(lines)
+                if len(envelopes) >= 256:
+                    envelopes.clear()
+                envelopes[key] = env
+            return _Ahead(item, env)
+
+        source = iter(messages)
+        ended = False
+        self._ahead = None
+        pending: _InFlight | None = None
+        while True:
+            ahead = self._ahead
+            if ahead is not None:
+                self._ahead = None
+                if ahead.error is not None:
+                    raise ahead.error  # met while looking ahead: raised where it was due
+            elif ended:
+                break
             else:
-                status = None
-                msg = item
-                key = (
-                    msg.mail_from,
-                    msg.recipients,
-                    msg.size if has_size else None,
-                    msg.eight_bit,
-                    msg.needs_smtputf8,
-                )
-                env = envelopes.get(key)
-                if env is None:
-                    try:
-                        lines = self._envelope(msg, opts)
-                    except InvalidMessage as exc:
-                        # In a batch, one bad envelope fails alone; the others go on.
-                        status = invalid_status(exc, msg)
-                    else:
-                        if not chunking:
-                            lines.append((Cmd.DATA, commands.DATA, ""))
-                        env = _Envelope(lines)
-                        if len(envelopes) >= 256:
-                            envelopes.clear()
-                        envelopes[key] = env
+                try:
+                    ahead = plan(next(source))
+                except StopIteration:
+                    break
+            env = ahead.env
+            status = ahead.status
             if env is None:
                 assert status is not None
                 if pending is not None:
@@ -933,6 +1013,8 @@ class Conversation:
                 yield from self._report()
                 yield Done(status)
                 continue
+            msg = ahead.item
+            assert isinstance(msg, Prepared)
             fl = _InFlight(msg)
             self._inflight.append(fl)
             self.stage = "mail"
@@ -945,19 +1027,51 @@ class Conversation:
                 yield env.write
                 if not chunking:
                     self._encode_ahead = fl
+                # Every reply of this group so far was the success hoped for, from the
+                # state a group starts in (READY, or DATA behind the body before): only
+                # then may the next one wait to be judged (see _settle).
+                hoped = not chunking
                 if pending is not None:
-                    if self._unreported:
-                        # The body before and this envelope leave now; the statuses of
-                        # earlier messages are built while the server reads them.
+                    if self._unreported or self._unjudged:
+                        # The body before and this envelope leave now; the replies of
+                        # the message before are judged and the statuses of earlier
+                        # messages built while the server reads them.
                         yield FLUSH
+                        self._settle()
                         yield from self._report()
-                    yield from self._end(pending, defer=True)
+                        # And the next message is taken and planned now rather than
+                        # after these replies: its envelope is ready to follow this body.
+                        try:
+                            self._ahead = plan(next(source))
+                        except StopIteration:
+                            ended = True
+                        except Exception as exc:
+                            self._ahead = _Ahead(None, error=exc)
+                    if chunking:
+                        yield from self._end(pending, defer=True)
+                    else:
+                        reply: Reply = yield READ  # type: ignore[assignment]
+                        if reply.code == 250:
+                            self._unjudged.append(reply)
+                        else:
+                            hoped = False
+                            self._took(reply)
+                        self._ended(pending, reply)
                     pending = None
                 # The replies are read here rather than through _envelope_reply: this is
                 # the hot loop of a bulk send, and each nested generator costs a frame.
+                last = env.cmds[-1]
                 for cmd in env.cmds:
-                    reply: Reply = yield READ  # type: ignore[assignment]
-                    self._took(reply)
+                    reply = yield READ  # type: ignore[assignment]
+                    if (
+                        hoped
+                        and reply.code in _HOPED[cmd]
+                        and (cmd is not last or not self.parser.has_data())
+                    ):
+                        self._unjudged.append(reply)
+                    else:
+                        hoped = False
+                        self._took(reply)
                     self._record(fl, cmd, reply)
             else:
                 if pending is not None:  # pragma: no cover - only pipelined sends leave one
@@ -1000,6 +1114,7 @@ class Conversation:
                     pending = None
                 continue
             # The transaction failed before the body: close it before the next one.
+            self._settle()
             if self.machine.state in _IN_TRANSACTION:
                 outcome, reply = yield from self._command(Cmd.RSET, commands.RSET)
                 if outcome is not Outcome.OK:
@@ -1009,6 +1124,7 @@ class Conversation:
             yield Done(_finish(fl))
         if pending is not None:
             yield from self._end(pending)
+        self._settle()
         yield from self._report()
 
     def _envelope_reply(self, fl: _InFlight, cmd: Cmd) -> Flow:
@@ -1042,13 +1158,18 @@ class Conversation:
                 final = reply  # the first failure wins, else the last success
             if reply.code == 421:
                 break
+        assert final is not None
+        self._ended(fl, final)
+        if not defer:
+            yield from self._report()
+
+    def _ended(self, fl: _InFlight, final: Reply) -> None:
+        """A message's final reply is in: it waits for :meth:`_report` (421 ends all)."""
         fl.final = final
         self._inflight.remove(fl)
         self._unreported.append(fl)
-        if final is not None and final.code == 421:
+        if final.code == 421:
             self._closing(final)  # abort() reports it, with the others
-        if not defer:
-            yield from self._report()
 
     def _report(self) -> Flow:
         """Report the messages whose final reply is read, in order."""
@@ -1061,11 +1182,25 @@ class Conversation:
         self.machine.state = State.CLOSED
         raise ReplyError(reply.code, reply.text, reply.enhanced)
 
+    def untaken(self) -> Iterator[Prepared | SendStatus]:
+        """What :meth:`transactions` took from its input ahead of time and never sent
+        (or the error it met taking it), to go to the next connection in its place."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        if ahead.error is not None:
+            raise ahead.error
+        assert ahead.item is not None
+        yield ahead.item
+
     def abort(self, exc: SMTPError) -> list[SendStatus]:
         """Statuses for every message still in flight when the session failed.
 
         Messages already answered but not yet reported come first, with their answer.
         """
+        # Replies recorded and not yet judged changed only the table's state, which ends
+        # here: their messages' records already hold them.
+        self._unjudged.clear()
         out = [_finish(fl) for fl in self._unreported]
         self._unreported.clear()
         for fl in self._inflight:
