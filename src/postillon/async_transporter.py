@@ -634,8 +634,7 @@ class _LaneBatch(Batch):
             if stage is None:  # the producer staged and signed them
                 yield from cast("list[Staged | SendStatus]", run)
             else:
-                for item in run:
-                    yield stage(item)
+                yield from map(stage, run)
 
     def publish(self) -> None:
         """Hand the runs whose statuses are all in to the stream, in order."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.message
+import itertools
 import logging
 import os
 import ssl
@@ -1210,7 +1211,7 @@ class Batch:
 
     def next_head(self) -> bool:
         """Pass through leading statuses; True while a message is left to send."""
-        for head in self.source:
+        for head in self.source.it:
             if isinstance(head, SendStatus):
                 self.results.append(head)
                 continue
@@ -1220,7 +1221,7 @@ class Batch:
 
     def connect_failed(self, exc: SMTPError, stage: str) -> None:
         # The server cannot be reached: every message left fails alike.
-        for item in self.source:
+        for item in self.source.it:
             if isinstance(item, SendStatus):
                 self.results.append(item)
             else:
@@ -1267,7 +1268,7 @@ class Batch:
         return transient
 
     def _next(self, smtputf8: bool) -> Prepared | SendStatus:
-        item = next(self.source)
+        item = next(self.source.it)
         if isinstance(item, SendStatus | Prepared):
             return item  # a status to pass through, or a retry of an untouched message
         try:
@@ -1330,33 +1331,38 @@ class _Raise:
 
 
 class _Pushback:
-    """A batch's input: an iterator with items put back in front of it.
+    """A batch's input, with the items put back in front of it.
 
-    A batch puts items back after every turn on a connection and every failure; nested
-    ``itertools.chain`` objects would deepen with each (a lane's batch can outlive
-    thousands of connections), and every item would then pass through all of them.
+    ``it`` is where the next item comes from: the input itself while nothing waits in
+    front (a bulk send takes each message without a Python call of its own), else a
+    chain of the items put back and the input. Each push chains over the input, not
+    over the chain before: nested chains would deepen with every turn and failure of a
+    long-lived batch (a lane outlives thousands of connections), and every item would
+    then pass through all of them.
     """
 
-    __slots__ = ("_front", "_rest")
+    __slots__ = ("_front", "_rest", "it")
 
     def __init__(self, rest: Iterator[Staged | SendStatus]) -> None:
         self._front: deque[Staged | SendStatus | Prepared | _Raise] = deque()
-        self._rest = rest
-
-    def __iter__(self) -> _Pushback:
-        return self
-
-    def __next__(self) -> Staged | SendStatus | Prepared:
-        if self._front:
-            item = self._front.popleft()
-            if type(item) is _Raise:
-                raise item.error
-            return item  # type: ignore[return-value]
-        return next(self._rest)
+        self._rest: Iterator[Staged | SendStatus | Prepared] = rest
+        self.it: Iterator[Staged | SendStatus | Prepared] = rest
 
     def push(self, items: Sequence[Staged | SendStatus | Prepared | _Raise]) -> None:
         """Put ``items`` back in front, in their order."""
         self._front.extendleft(reversed(items))
+        self.it = itertools.chain(self._drain(), self._rest)
+
+    def _drain(self) -> Iterator[Staged | SendStatus | Prepared]:
+        front = self._front
+        while front:
+            item = front.popleft()
+            if type(item) is _Raise:
+                # raised in its place; what was put back after it still comes first
+                self.it = itertools.chain(self._drain(), self._rest)
+                raise item.error
+            yield item  # type: ignore[misc]
+        self.it = self._rest  # nothing in front any more: the input directly
 
 
 def _drained(

@@ -32,6 +32,7 @@ from postillon.protocol.conversation import (
     START_TLS,
     Conversation,
     Done,
+    ReadUpTo,
     SendOptions,
     SessionConfig,
     WriteBody,
@@ -65,7 +66,7 @@ def _drive(conv: Conversation, flow: Iterator[object], feed: Iterator[bytes]) ->
         except StopIteration:
             return done
         answer = None
-        if req is READ:
+        if req is READ or isinstance(req, ReadUpTo):
             reply = conv.parser.next_reply()
             while reply is None:
                 chunk = next(feed, None)
@@ -73,7 +74,12 @@ def _drive(conv: Conversation, flow: Iterator[object], feed: Iterator[bytes]) ->
                     raise ServerDisconnected("end of the fuzzed stream")
                 conv.parser.feed(chunk)
                 reply = conv.parser.next_reply()
-            answer = reply
+            answer = [reply] if isinstance(req, ReadUpTo) else reply
+            while isinstance(req, ReadUpTo) and len(answer) < req.n:
+                more = conv.parser.next_reply()
+                if more is None:
+                    break
+                answer.append(more)
         elif isinstance(req, WriteBody):
             for _chunk in req.chunks:
                 pass

@@ -24,6 +24,7 @@ from postillon.protocol.conversation import (
     Conversation,
     Done,
     Machine,
+    ReadUpTo,
     SendOptions,
     SessionConfig,
     State,
@@ -83,14 +84,14 @@ class Script:
             elif isinstance(req, WriteBody):
                 for chunk in req.chunks:
                     self.written += chunk
-            elif req is READ:
+            elif req is READ or isinstance(req, ReadUpTo):
                 reply = self.conv.parser.next_reply()
                 while reply is None:
                     if not self.replies:
                         raise ServerDisconnected("script exhausted")
                     self.conv.parser.feed(self.replies.pop(0))
                     reply = self.conv.parser.next_reply()
-                answer = reply
+                answer = at_hand(self.conv, reply, req)
             elif req is START_TLS:
                 self.tls_started += 1
             elif req is FLUSH:
@@ -99,6 +100,17 @@ class Script:
                 self.done.append(req.status)
             else:  # pragma: no cover
                 raise AssertionError(req)
+
+
+def at_hand(conv: Conversation, first: Reply, req: object) -> Reply | list[Reply]:
+    """The answer to READ (``first``) or to ReadUpTo(n) (``first`` and those parsed
+    after it, n at most), as the drivers give it."""
+    if not isinstance(req, ReadUpTo):
+        return first
+    out = [first]
+    while len(out) < req.n and (more := conv.parser.next_reply()) is not None:
+        out.append(more)
+    return out
 
 
 def opened(replies: list[bytes], **kw: object) -> tuple[Conversation, Script]:
@@ -359,13 +371,13 @@ def test_next_envelope_leaves_before_end_of_data_reply() -> None:
         elif isinstance(req, WriteBody):
             order.append("BODY")
             list(req.chunks)
-        elif req is READ:
+        elif req is READ or isinstance(req, ReadUpTo):
             reply = conv.parser.next_reply()
             while reply is None:
                 conv.parser.feed(script.replies.pop(0))
                 reply = conv.parser.next_reply()
-            order.append("read")
-            answer = reply
+            answer = at_hand(conv, reply, req)
+            order += ["read"] * (len(answer) if isinstance(answer, list) else 1)
         elif isinstance(req, Done):
             script.done.append(req.status)
     # RFC 2920 3.1: MAIL/RCPT/DATA of the second message follow the first body unread.

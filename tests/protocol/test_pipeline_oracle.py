@@ -26,6 +26,7 @@ from postillon.protocol.conversation import (
     READ,
     Conversation,
     Done,
+    ReadUpTo,
     SendOptions,
     SessionConfig,
     State,
@@ -34,6 +35,8 @@ from postillon.protocol.conversation import (
 )
 from postillon.settings import Security
 from postillon.status import SendStatus
+
+from .test_conversation import at_hand
 
 EHLO = b"250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
 
@@ -130,14 +133,15 @@ def _pump(
         elif isinstance(req, WriteBody):
             for chunk in req.chunks:
                 written += chunk
-        elif req is READ or req is FLUSH:
+        elif req is READ or req is FLUSH or isinstance(req, ReadUpTo):
             if written:
                 # One chunk for all the answers to one write, as smtp-sink and Postfix do.
                 conv.parser.feed(answer_to(bytes(written)))
             written.clear()
-            if req is READ:
-                answer = conv.parser.next_reply()
-                assert answer is not None, "the client waits for a reply nobody owes"
+            if req is not FLUSH:
+                reply = conv.parser.next_reply()
+                assert reply is not None, "the client waits for a reply nobody owes"
+                answer = at_hand(conv, reply, req)
         elif isinstance(req, Done):
             done.append(req.status)
     raise AssertionError("the conversation did not end")

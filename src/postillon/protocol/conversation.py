@@ -8,6 +8,8 @@ generator of this module. The generator yields *requests*:
 - :class:`Write` -- queue these command bytes (the driver buffers; nothing blocks);
 - :class:`WriteBody` -- stream these message bytes (already dot-stuffed or BDAT-framed);
 - ``READ`` -- flush what is queued, then answer with the next :class:`Reply`;
+- :class:`ReadUpTo` -- the same, answered with a list of the replies at hand: at least
+  one, at most ``n`` (the rest of a pipelined group's answers, in one step);
 - ``START_TLS`` -- flush, then run the TLS handshake on the connection;
 - :class:`Done` -- a message is finished; here is its :class:`SendStatus`.
 
@@ -86,6 +88,7 @@ __all__ = [
     "Cmd",
     "Conversation",
     "Done",
+    "ReadUpTo",
     "SendOptions",
     "SessionConfig",
     "State",
@@ -166,6 +169,20 @@ class _Flush:
         return "FLUSH"
 
 
+class ReadUpTo:
+    """Flush, then answer with a list of 1 to ``n`` replies: the next one, and those
+    after it that the driver already holds (never more than ``n``, so that a reply
+    nobody asked for stays in the parser, where :meth:`Conversation._took` finds it)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"ReadUpTo({self.n})"
+
+
 READ = _Read()
 START_TLS = _StartTLS()
 #: send what is queued now; the driver then does its idle work (no reply is read)
@@ -179,8 +196,8 @@ class Done:
     status: SendStatus
 
 
-Request = Write | WriteBody | _Read | _Flush | _StartTLS | Done
-Flow = Generator[Request, Reply | None, None]
+Request = Write | WriteBody | _Read | ReadUpTo | _Flush | _StartTLS | Done
+Flow = Generator[Request, Reply | list[Reply] | None, None]
 
 
 # ----------------------------------------------------------------------- state table
@@ -370,32 +387,27 @@ class _Envelope:
     """The commands of one envelope (MAIL, each RCPT, and DATA unless BDAT follows),
     one by one for a session without PIPELINING, and as one write for a pipelined one."""
 
-    __slots__ = ("cmds", "lines", "write")
+    __slots__ = ("cmds", "lines", "read_after_body", "read_group", "steps", "write")
 
     def __init__(self, lines: list[tuple[Cmd, bytes, str]]) -> None:
         self.lines = lines
         self.cmds = tuple(cmd for cmd, _, _ in lines)
         self.write = Write(b"".join(data for _, data, _ in lines))
+        #: each command with the replies hoped for it, and whether it is the last (after
+        #: its reply, nothing may follow: see the module docstring)
+        self.steps = tuple(
+            (cmd, _HOPED.get(cmd, frozenset()), i == len(lines) - 1)
+            for i, cmd in enumerate(self.cmds)
+        )
+        #: the replies to this group, asked for in one step; and with the end of the
+        #: body before it first
+        self.read_group = ReadUpTo(len(lines))
+        self.read_after_body = ReadUpTo(len(lines) + 1)
 
 
-class _Ahead:
-    """The next item of :meth:`Conversation.transactions`, planned: the envelope of a
-    message to send, or the status that takes its place, or what taking it raised."""
-
-    __slots__ = ("env", "error", "item", "status")
-
-    def __init__(
-        self,
-        item: Prepared | SendStatus | None,
-        env: _Envelope | None = None,
-        *,
-        status: SendStatus | None = None,
-        error: Exception | None = None,
-    ) -> None:
-        self.item = item
-        self.env = env
-        self.status = status
-        self.error = error
+#: the next item of Conversation.transactions, planned: the item, and the envelope to
+#: send it with or the status that takes its place
+_Planned = tuple[Prepared | SendStatus, _Envelope | None, SendStatus | None]
 
 
 def _shown(text: str) -> str:
@@ -632,8 +644,10 @@ class Conversation:
         self._unreported: list[_InFlight] = []
         #: hoped-for replies, recorded and not yet judged by the table (see _settle)
         self._unjudged: list[Reply] = []
-        #: the item transactions() took from its input ahead of time (see untaken)
-        self._ahead: _Ahead | None = None
+        #: the item transactions() took from its input ahead of time, or the error taking
+        #: it raised (see untaken)
+        self._ahead: _Planned | None = None
+        self._ahead_error: Exception | None = None
 
     # -- low-level steps
 
@@ -662,11 +676,14 @@ class Conversation:
         They are a run of successes from the state their group started in (module
         docstring), which the table accepts: this only moves the state and the FIFO on.
         """
+        unjudged = self._unjudged
+        if not unjudged:
+            return
         received = self.machine.received
-        for reply in self._unjudged:
+        for reply in unjudged:
             received(reply)
-            self.last_reply = reply
-        self._unjudged.clear()
+        self.last_reply = unjudged[-1]
+        unjudged.clear()
 
     def _read(
         self, *, exact: bool = True
@@ -953,17 +970,17 @@ class Conversation:
         # are the same for the whole call): a bulk send to one envelope builds it once.
         envelopes: dict[tuple[object, ...], _Envelope] = {}
 
-        def plan(item: Prepared | SendStatus) -> _Ahead:
+        def plan(item: Prepared | SendStatus) -> _Planned:
             """The envelope of a message to send, or the status of one that is not."""
             if isinstance(item, SendStatus):
-                return _Ahead(item, status=item)
+                return item, None, item
             if (
                 (size_limit and item.size is not None and item.size > size_limit)
                 or (item.needs_smtputf8 and not smtputf8_ok)
                 or (item.eight_bit and not eightbit_ok)
                 or (opts.require_tls and not requiretls_ok)
             ):
-                return _Ahead(item, status=self._precheck(item, opts))  # builds the refusal
+                return item, None, self._precheck(item, opts)  # builds the refusal
             key = (
                 item.mail_from,
                 item.recipients,
@@ -977,25 +994,26 @@ class Conversation:
                     lines = self._envelope(item, opts)
                 except InvalidMessage as exc:
                     # In a batch, one bad envelope fails alone; the others go on.
-                    return _Ahead(item, status=invalid_status(exc, item))
+                    return item, None, invalid_status(exc, item)
                 if not chunking:
                     lines.append((Cmd.DATA, commands.DATA, ""))
                 env = _Envelope(lines)
                 if len(envelopes) >= 256:
                     envelopes.clear()
                 envelopes[key] = env
-            return _Ahead(item, env)
+            return item, env, None
 
         source = iter(messages)
         ended = False
-        self._ahead = None
+        self._ahead = self._ahead_error = None
         pending: _InFlight | None = None
         while True:
             ahead = self._ahead
             if ahead is not None:
                 self._ahead = None
-                if ahead.error is not None:
-                    raise ahead.error  # met while looking ahead: raised where it was due
+            elif self._ahead_error is not None:
+                error, self._ahead_error = self._ahead_error, None
+                raise error  # met while looking ahead: raised where it was due
             elif ended:
                 break
             else:
@@ -1003,8 +1021,7 @@ class Conversation:
                     ahead = plan(next(source))
                 except StopIteration:
                     break
-            env = ahead.env
-            status = ahead.status
+            item, env, status = ahead
             if env is None:
                 assert status is not None
                 if pending is not None:
@@ -1013,7 +1030,7 @@ class Conversation:
                 yield from self._report()
                 yield Done(status)
                 continue
-            msg = ahead.item
+            msg = item
             assert isinstance(msg, Prepared)
             fl = _InFlight(msg)
             self._inflight.append(fl)
@@ -1031,6 +1048,10 @@ class Conversation:
                 # state a group starts in (READY, or DATA behind the body before): only
                 # then may the next one wait to be judged (see _settle).
                 hoped = not chunking
+                # The replies come in one step when they are at hand (ReadUpTo): the end
+                # of the body before, then this group's; any still missing one by one.
+                at_hand: list[Reply] = []
+                taken = 0
                 if pending is not None:
                     if self._unreported or self._unjudged:
                         # The body before and this envelope leave now; the replies of
@@ -1046,11 +1067,13 @@ class Conversation:
                         except StopIteration:
                             ended = True
                         except Exception as exc:
-                            self._ahead = _Ahead(None, error=exc)
+                            self._ahead_error = exc
                     if chunking:
                         yield from self._end(pending, defer=True)
                     else:
-                        reply: Reply = yield READ  # type: ignore[assignment]
+                        at_hand = yield env.read_after_body  # type: ignore[assignment]
+                        reply = at_hand[0]
+                        taken = 1
                         if reply.code == 250:
                             self._unjudged.append(reply)
                         else:
@@ -1058,15 +1081,20 @@ class Conversation:
                             self._took(reply)
                         self._ended(pending, reply)
                     pending = None
+                elif not chunking:
+                    at_hand = yield env.read_group  # type: ignore[assignment]
                 # The replies are read here rather than through _envelope_reply: this is
                 # the hot loop of a bulk send, and each nested generator costs a frame.
-                last = env.cmds[-1]
-                for cmd in env.cmds:
-                    reply = yield READ  # type: ignore[assignment]
+                for cmd, hoped_codes, last in env.steps:
+                    if taken < len(at_hand):
+                        reply = at_hand[taken]
+                        taken += 1
+                    else:
+                        reply = yield READ  # type: ignore[assignment]
                     if (
                         hoped
-                        and reply.code in _HOPED[cmd]
-                        and (cmd is not last or not self.parser.has_data())
+                        and reply.code in hoped_codes
+                        and not (last and self.parser.has_data())
                     ):
                         self._unjudged.append(reply)
                     else:
@@ -1186,12 +1214,11 @@ class Conversation:
         """What :meth:`transactions` took from its input ahead of time and never sent
         (or the error it met taking it), to go to the next connection in its place."""
         ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return
-        if ahead.error is not None:
-            raise ahead.error
-        assert ahead.item is not None
-        yield ahead.item
+        error, self._ahead_error = self._ahead_error, None
+        if ahead is not None:
+            yield ahead[0]
+        if error is not None:
+            raise error
 
     def abort(self, exc: SMTPError) -> list[SendStatus]:
         """Statuses for every message still in flight when the session failed.

@@ -29,6 +29,7 @@ from ..protocol.conversation import (
     Conversation,
     Done,
     Flow,
+    ReadUpTo,
     Write,
     WriteBody,
     _StartTLS,
@@ -37,7 +38,15 @@ from ..protocol.reply import Reply
 from ..settings import Security
 from ..status import SendStatus
 from . import tls
-from .common import READ_SIZE, WRITE_BUFFER, Endpoint, local_hostname, log_body, map_exceptions
+from .common import (
+    READ_SIZE,
+    WRITE_BUFFER,
+    Endpoint,
+    local_hostname,
+    log_body,
+    map_exceptions,
+    replies_at_hand,
+)
 from .transcript import Transcript
 
 #: bytes of message pulled per trip to the worker thread
@@ -127,7 +136,7 @@ _DRAIN = object()
 class _Pump:
     """The state of one pump() between its steps."""
 
-    send: Callable[[Reply | None], object]
+    send: Callable[[Reply | list[Reply] | None], object]
     on_done: Callable[[SendStatus], None] | None
     on_sent: Callable[[], None] | None
     pending: object = None  # a request to handle again (after waiting or draining)
@@ -281,7 +290,7 @@ class AsyncConnection:
         # answer to the flow is only ever a reply read in this call, so it is a local.
         req = st.pending
         st.pending = None
-        answer: Reply | None = None
+        answer: Reply | list[Reply] | None = None
         while True:
             if req is None:
                 try:
@@ -293,7 +302,7 @@ class AsyncConnection:
                     return None
                 answer = None
             # Requests by frequency (see SyncConnection.pump).
-            if req is READ or req is FLUSH:
+            if req is READ or req is FLUSH or type(req) is ReadUpTo:
                 if buf:
                     if proto.eof:
                         raise ServerDisconnected(f"{self.endpoint.host} closed the connection")
@@ -305,19 +314,24 @@ class AsyncConnection:
                     if proto.paused:
                         st.pending = req  # handled again once the buffer drained
                         return _DRAIN
-                if req is READ:
-                    answer = parser.next_reply()
-                    while answer is None and chunks:
+                if req is not FLUSH:
+                    reply = parser.next_reply()
+                    while reply is None and chunks:
                         parser.feed(chunks.popleft())
-                        answer = parser.next_reply()
-                    if answer is None:
+                        reply = parser.next_reply()
+                    if reply is None:
                         if proto.eof:
                             raise ServerDisconnected(f"{self.endpoint.host} closed the connection")
                         st.pending = req
                         return _WAIT
                     self.replies += 1
                     if tr.active:
-                        tr.received(answer, redact=conv.stage == "auth")
+                        tr.received(reply, redact=conv.stage == "auth")
+                    if type(req) is ReadUpTo:
+                        answer = replies_at_hand(conv, reply, req.n, tr)
+                        self.replies += len(answer) - 1
+                    else:
+                        answer = reply
             elif type(req) is Write:
                 buf.append(req.data)
                 if tr.active:

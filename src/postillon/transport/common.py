@@ -21,7 +21,8 @@ from ..errors import (
     TransportError,
 )
 from ..protocol import commands
-from ..protocol.conversation import SessionConfig
+from ..protocol.conversation import Conversation, SessionConfig
+from ..protocol.reply import Reply
 from ..settings import Security
 from . import tls
 
@@ -83,6 +84,19 @@ def local_hostname(configured: str | None, sockname: object) -> str:
     addr = sockname[0] if isinstance(sockname, tuple) and sockname else "127.0.0.1"
     ip = ipaddress.ip_address(str(addr).split("%")[0])
     return f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
+
+
+def replies_at_hand(conv: Conversation, first: Reply, most: int, transcript: Any) -> list[Reply]:
+    """The answer to :class:`~postillon.protocol.conversation.ReadUpTo`: ``first`` and
+    the replies after it that the parser already holds, ``most`` in all at the most
+    (each logged as it is taken, as the drivers log ``first``)."""
+    out = [first]
+    parser = conv.parser
+    while len(out) < most and (reply := parser.next_reply()) is not None:
+        if transcript.active:
+            transcript.received(reply, redact=conv.stage == "auth")
+        out.append(reply)
+    return out
 
 
 def log_body(transcript: Any, chunk: bytes, bdat: bool) -> None:

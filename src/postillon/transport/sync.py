@@ -25,6 +25,7 @@ from ..protocol.conversation import (
     Conversation,
     Done,
     Flow,
+    ReadUpTo,
     Write,
     WriteBody,
 )
@@ -32,7 +33,15 @@ from ..protocol.reply import Reply
 from ..settings import Security
 from ..status import SendStatus
 from . import tls
-from .common import READ_SIZE, WRITE_BUFFER, Endpoint, local_hostname, log_body, map_exceptions
+from .common import (
+    READ_SIZE,
+    WRITE_BUFFER,
+    Endpoint,
+    local_hostname,
+    log_body,
+    map_exceptions,
+    replies_at_hand,
+)
 from .transcript import Transcript
 
 #: what a non-blocking socket raises when it must wait (TLS: for either direction)
@@ -194,7 +203,7 @@ class SyncConnection:
         bodies_on = tr.body_active
         buf: list[bytes] = []
         size = 0
-        answer: Reply | None = None
+        answer: Reply | list[Reply] | None = None
         send = flow.send
         while True:
             try:
@@ -204,7 +213,7 @@ class SyncConnection:
             answer = None
             # Requests by frequency: READ and FLUSH are singletons, the others are
             # told apart by their exact type (cheaper than isinstance, and mypy narrows).
-            if req is READ or req is FLUSH:
+            if req is READ or req is FLUSH or type(req) is ReadUpTo:
                 if buf:
                     self._sendall(b"".join(buf) if len(buf) > 1 else buf[0])
                     buf.clear()
@@ -212,10 +221,15 @@ class SyncConnection:
                     conv.idle()  # encode ahead while the server works
                     if on_sent is not None:
                         on_sent()
-                if req is READ:
-                    answer = self._read_reply()
+                if req is not FLUSH:
+                    reply = self._read_reply()
                     if logging_on:
-                        tr.received(answer, redact=conv.stage == "auth")
+                        tr.received(reply, redact=conv.stage == "auth")
+                    if type(req) is ReadUpTo:
+                        answer = replies_at_hand(conv, reply, req.n, tr)
+                        self.replies += len(answer) - 1
+                    else:
+                        answer = reply
             elif type(req) is Write:
                 buf.append(req.data)
                 size += len(req.data)
