@@ -11,7 +11,11 @@ One connection:
 * ``postillon-async``: ``AsyncTransporter(max_connections=1).send_many``;
 * ``smtplib``: ``SMTP.sendmail`` in a loop on one connection;
 * ``aiosmtplib``: one ``SMTP`` client, ``sendmail`` in a loop;
-* ``smtp-source-1``: ``smtp-source -d -s 1 -m N -l 1024`` (the process is timed).
+* ``smtp-source-1``: ``smtp-source -d -s 1 -m N -l 1024`` (the process is timed);
+* ``floor-asyncio``: a reference, not a client: ready-made bytes on asyncio's own
+  transport, the same bytes on the wire as postillon, no parsing and no statuses. Its
+  rate is what the round trip through this server leaves to any asyncio client; it is
+  printed with its ratios to aiosmtplib and postillon-async, and in none of the targets.
 
 Eight connections (``--connections``):
 
@@ -30,7 +34,9 @@ either check is printed as FAILED and left out of the ratios.
 
 Timing covers connect, every message and QUIT, from the first client call to the last;
 for Python contenders the message objects are built before the clock starts (smtplib and
-aiosmtplib are handed ready bytes and strings too). Nothing asserts a time.
+aiosmtplib are handed ready bytes and strings too), and the garbage collector is run
+then, for every contender, so that the objects the harness made are not collected in
+the middle of someone's timed run. Nothing asserts a time.
 
 Usage::
 
@@ -44,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import json
 import os
@@ -209,6 +216,12 @@ class Clock:
     """
 
     def __init__(self) -> None:
+        # What the harness allocated before the clock (the messages of a run, the
+        # garbage of the runs before) is collected now, not by a full collection that
+        # its promotion would trigger in the middle of the timed part, charged to
+        # whichever contender runs then. Collections caused by the contender's own
+        # allocations still count.
+        gc.collect()
         self.wall = time.perf_counter()
         self.cpu = _cpu()
 
@@ -380,6 +393,85 @@ def aiosmtplib_gather(env: Env) -> Run:
     return asyncio.run(main())
 
 
+class _FloorProtocol(asyncio.BufferedProtocol):
+    """The least an asyncio client can do per message on one connection (a reference).
+
+    Not a client: ready-made bytes, no parsing beyond finding each reply's code, no
+    statuses, no checks. It sends what postillon sends on the wire (the body, its final
+    dot and the next message's pipelined MAIL, RCPT and DATA in one write, each time the
+    354 comes), so its rate is the ceiling that the round trip through this server and
+    the event loop leave to any asyncio client here.
+    """
+
+    def __init__(self, env: Env, done: asyncio.Future[int]) -> None:
+        self.buf = bytearray(65536)
+        self.pending = b""
+        # make_message() ends in CRLF and has no line that starts with a dot
+        assert env.data.endswith(b"\r\n") and b"\n." not in env.data
+        self.body = env.data + b".\r\n"
+        self.envelope = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
+        self.left = env.n
+        self.ok = 0
+        # the command each reply answers, in order; None marks the greeting
+        self.expect: list[bytes | None] = [None]
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = self.pending + bytes(self.buf[:nbytes])
+        *lines, self.pending = data.split(b"\r\n")
+        for line in lines:
+            if line[3:4] == b"-":
+                continue  # a multi-line reply goes on
+            self._reply(self.expect.pop(0), line[:3])
+
+    def _reply(self, command: bytes | None, code: bytes) -> None:
+        assert self.transport is not None
+        if command is None:
+            self.expect.append(b"EHLO")
+            self.transport.write(f"EHLO {HELO}\r\n".encode())
+        elif command == b"EHLO" or (command == b"DATA" and code != b"354"):
+            self._next(b"")
+        elif command == b"DATA":
+            self._next(self.body)
+        elif command == b"DOT":
+            self.ok += code == b"250"
+        elif command == b"QUIT":
+            self.transport.close()
+            self.done.set_result(self.ok)
+
+    def _next(self, before: bytes) -> None:
+        assert self.transport is not None
+        if before:
+            self.expect.append(b"DOT")
+        if self.left == 0:
+            self.expect.append(b"QUIT")
+            self.transport.write(before + b"QUIT\r\n")
+            return
+        self.left -= 1
+        self.expect += [b"MAIL", b"RCPT", b"DATA"]
+        self.transport.write(before + self.envelope)
+
+
+def floor_asyncio(env: Env) -> Run:
+    async def main() -> Run:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+        clock = Clock()
+        await loop.create_connection(lambda: _FloorProtocol(env, done), "127.0.0.1", env.port)
+        ok = await done
+        return clock.run(ok)
+
+    return asyncio.run(main())
+
+
 def _smtp_source(env: Env, sessions: int) -> Run:
     assert env.smtp_source is not None
     args = [
@@ -519,6 +611,7 @@ CONTENDERS: list[tuple[str, str, Callable[[Env], Run], str]] = [
     ("smtplib", "one", smtplib_one, "peer"),
     ("aiosmtplib", "one", aiosmtplib_one, "peer"),
     ("smtp-source-1", "one", smtp_source_1, "smtp-source"),
+    ("floor-asyncio", "one", floor_asyncio, "reference"),
     ("postillon-sync-8", "eight", postillon_sync_threads, "postillon"),
     ("postillon-async-8", "eight", postillon_async_8, "postillon"),
     ("smtplib-8", "eight", smtplib_threads, "peer"),
@@ -601,6 +694,17 @@ def report(contenders: list[Contender], env: Env, notes: list[str]) -> dict[str,
             verdict = "met" if value >= target else "MISSED"
             print(f"{label:<58} {value:>5.2f}x  >= {target}x  {verdict}")
         out_ratios.append({"ratio": label, "value": value, "target": target})
+    floor = med("floor-asyncio")
+    if floor is not None:
+        # Not targets: what the round trip leaves to any asyncio client on this server.
+        print()
+        print("reference: floor-asyncio (no parsing, no statuses: the round trip's ceiling)")
+        for label, value in (
+            ("floor-asyncio / aiosmtplib", ratio(floor, med("aiosmtplib"))),
+            ("postillon-async / floor-asyncio", ratio(med("postillon-async"), floor)),
+        ):
+            shown = f"{value:>5.2f}x" if value is not None else f"{'n/a':>6}"
+            print(f"{label:<58} {shown}")
     for note in notes:
         print(f"note: {note}")
     return {
