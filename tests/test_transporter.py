@@ -585,3 +585,25 @@ def test_more_than_100_recipients_go_as_several_transactions(smtpd: Any, client:
     assert sorted(len(m.rcpt_tos) for m in server.messages) == [49, 100]
     statuses = c.send_many([raw(rcpts[:101]), raw()])
     assert [s.success for s in statuses] == [True, True] and len(statuses[0].recipients) == 101
+
+
+def test_batch_input_puts_items_back_in_order_and_errors_in_place() -> None:
+    """A batch's input (_Pushback): items put back come first, in their order; an error
+    met ahead is raised in its place and what came after it still follows; a long life
+    of pushes does not nest the iterators."""
+    from postillon.transporter import _Pushback, _Raise
+
+    source = _Pushback(iter(["r1", "r2", "r3"]))  # type: ignore[list-item]
+    assert next(source.it) == "r1"
+    source.push(["a", _Raise(LookupError("met ahead")), "b"])  # type: ignore[list-item]
+    assert next(source.it) == "a"
+    with pytest.raises(LookupError):
+        next(source.it)
+    assert [*source.it] == ["b", "r2", "r3"]
+
+    long = _Pushback(iter(range(10_000)))  # type: ignore[arg-type]
+    for i in range(5_000):  # a turn per connection of a long-lived lane
+        long.push([next(long.it)])
+        assert next(long.it) == i
+    assert next(long.it) == 5_000
+    assert long.it is long._rest  # nothing in front: the input itself, not nested chains
