@@ -1074,7 +1074,7 @@ class Conversation:
                         at_hand = yield env.read_after_body  # type: ignore[assignment]
                         reply = at_hand[0]
                         taken = 1
-                        if reply.code == 250:
+                        if reply.code in _HOPED[Cmd.EOD]:
                             self._unjudged.append(reply)
                         else:
                             hoped = False

@@ -287,7 +287,8 @@ class AsyncConnection:
         parser = conv.parser
         chunks = proto.chunks
         # A request left pending (waiting for bytes, a drain) is handled again first; the
-        # answer to the flow is only ever a reply read in this call, so it is a local.
+        # answer to the flow is only ever what this call read (a reply, or the replies of
+        # a ReadUpTo), so it is a local.
         req = st.pending
         st.pending = None
         answer: Reply | list[Reply] | None = None
